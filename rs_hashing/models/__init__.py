@@ -1,0 +1,1 @@
+"""rs_hashing.models."""
