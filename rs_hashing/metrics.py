@@ -347,7 +347,7 @@ def pr_curve_by_radius(
         hits = np.cumsum(hits, axis=1)
         has_retrieved = retrieved > 0
         precision_sum += np.where(
-            True, hits / np.maximum(retrieved, 1), 0.0).sum(axis=0)
+            has_retrieved, hits / np.maximum(retrieved, 1), 0.0).sum(axis=0)
         precision_count += has_retrieved.sum(axis=0)
         num_relevant = hits[:, -1]
         has_relevant = num_relevant > 0
