@@ -18,7 +18,7 @@ from typing import Any, Mapping
 DATASETS = ("sentinel2_default", "rsicd", "ucm", "sydney", "rsitmd", "nwpu", "karpathy", "csv")
 METHODS = ("duch", "chnr")
 VARIANTS = ("as_intended", "as_coded")
-CAPTION_MODES = ("one", "random", "all_positives")
+CAPTION_MODES = ("one", "random", "all_pairs")
 NOISE_WEIGHTINGS = ("probability", "cubed", "threshold")
 CHNR_LOSSES = ("chnr", "duch")
 TEXT_POOLINGS = ("masked_mean", "last4_sum_mean", "cls")
@@ -340,3 +340,43 @@ def load_config(path: str) -> Config:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     return from_dict(values)
+
+
+# Fields whose values are restricted to a set of names (entry points make them enums).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS, "method": METHODS, "variant": VARIANTS, "caption_mode": CAPTION_MODES,
+    "noise_weighting": NOISE_WEIGHTINGS, "chnr_loss": CHNR_LOSSES, "text_pooling": TEXT_POOLINGS,
+    "precision": PRECISIONS,
+}
+
+
+def flag_specs() -> list[tuple[str, str, Any, str]]:
+    """(name, kind, choices, help) for every config field, for entry points to define
+    flags from; every flag defaults to None so that only flags given override."""
+    specs = []
+    for section, cls in _SECTION_TYPES.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if f.name in CHOICES:
+                kind = "enum"
+            elif hint is bool:
+                kind = "bool"
+            elif hint is int:
+                kind = "integer"
+            elif hint is float:
+                kind = "float"
+            elif typing.get_origin(hint) is tuple:
+                kind = "list"
+            else:
+                kind = "string"
+            specs.append((f.name, kind, CHOICES.get(f.name), f"Overrides {section}.{f.name} "
+                          f"(preset value otherwise)."))
+    return specs
+
+
+def config_from_flags(preset: str, flag_values: Mapping[str, Any]) -> Config:
+    """The preset with every config flag that was given (not None) applied."""
+    known = {name for name, *_ in flag_specs()}
+    overrides = {k: v for k, v in flag_values.items() if k in known and v is not None}
+    return apply_overrides(get_preset(preset), overrides)

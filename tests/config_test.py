@@ -69,3 +69,25 @@ def test_load_config_rejects_unknown_fields(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(values))
     with pytest.raises(KeyError, match="bitz"):
         config_lib.load_config(str(tmp_path))
+
+
+def test_flag_specs_cover_every_field_with_the_right_kind():
+    specs = {name: (kind, choices) for name, kind, choices, _ in config_lib.flag_specs()}
+    assert specs["bits"] == ("integer", None)
+    assert specs["temperature"] == ("float", None)
+    assert specs["method"] == ("enum", config_lib.METHODS)
+    assert specs["lr_decay_epochs"][0] == "list"
+    assert specs["data_dir"][0] == "string"
+    every_field = [f.name for s in config_lib.SECTIONS
+                   for f in dataclasses.fields(type(getattr(config_lib.Config(), s)))]
+    assert sorted(specs) == sorted(every_field)  # field names are unique across sections
+
+
+def test_config_from_flags_applies_only_given_flags():
+    values = {"bits": 16, "epochs": None, "method": "chnr", "lr_decay_epochs": ["2", "4"], "verbosity": 1}
+    config = config_lib.config_from_flags("rsicd", values)
+    assert config.model.bits == 16 and config.model.method == "chnr"
+    assert config.train.epochs == config_lib.get_preset("rsicd").train.epochs
+    assert config.train.lr_decay_epochs == (2, 4)
+    with pytest.raises(ValueError, match="unknown preset"):
+        config_lib.config_from_flags("nope", {})

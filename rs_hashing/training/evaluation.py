@@ -1,0 +1,64 @@
+"""Retrieval evaluation of a trained model under the papers' protocol.
+
+Queries are the query images and their protocol-chosen captions; the database holds the
+database images and their chosen captions. Relevant means the same scene class. Codes are
+the signs of the hash heads' outputs (0 maps to +1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rs_hashing import metrics
+from rs_hashing.data.protocol_split import ProtocolSplit
+from rs_hashing.features.feature_store import FeatureStore
+
+CODE_KEYS = ("query_image", "query_text", "database_image", "database_text")
+
+
+def retrieval_features(store: FeatureStore, split: ProtocolSplit) -> dict[str, np.ndarray]:
+    """Features of the query and database sets and their labels."""
+    offsets = np.asarray(store.caption_offsets)
+    out = {}
+    for part, images in (("query", split.query), ("database", split.database)):
+        out[f"{part}_image"] = np.asarray(store.image[images], np.float32)
+        out[f"{part}_text"] = np.asarray(store.text[split.chosen_caption_index(offsets, images)], np.float32)
+        out[f"{part}_labels"] = np.asarray(store.labels[images])
+    return out
+
+
+def binarize(continuous_codes) -> np.ndarray:
+    """sign() with 0 -> +1, as int8 +-1."""
+    return np.where(np.asarray(continuous_codes) >= 0, 1, -1).astype(np.int8)
+
+
+def encode_sets(model, features: dict[str, np.ndarray], batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """Binary codes of every retrieval set, plus their labels."""
+    codes = {}
+    for key in CODE_KEYS:
+        encode = model.encode_image if key.endswith("image") else model.encode_text
+        parts = [np.asarray(encode(features[key][i:i + batch_size], training=False))
+                 for i in range(0, len(features[key]), batch_size)]
+        codes[key] = binarize(np.concatenate(parts))
+    codes["query_labels"] = features["query_labels"]
+    codes["database_labels"] = features["database_labels"]
+    return codes
+
+
+def evaluate_codes(codes: dict[str, np.ndarray], k: int = 20) -> tuple[dict, dict]:
+    """(metrics.json content, PR curves per task) for a set of binary codes."""
+    labels = {"query": codes["query_labels"], "database": codes["database_labels"]}
+    results = metrics.evaluate_retrieval({k_: codes[k_] for k_ in CODE_KEYS}, labels, k=k)
+    relevant = metrics.relevance_from_labels(labels["query"], labels["database"])
+    curves = {}
+    for task, (query, database) in metrics.TASKS.items():
+        curve = metrics.pr_curve_by_radius(codes[f"query_{query}"], codes[f"database_{database}"], relevant)
+        curves[task] = {name: np.asarray(v).tolist() for name, v in curve.items()}
+    return results, curves
+
+
+def evaluate_model(model, store: FeatureStore, split: ProtocolSplit, k: int = 20):
+    """Encodes the query and database sets and scores all four tasks."""
+    codes = encode_sets(model, retrieval_features(store, split))
+    results, curves = evaluate_codes(codes, k=k)
+    return results, curves, codes

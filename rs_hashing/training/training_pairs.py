@@ -1,0 +1,144 @@
+"""Training pairs drawn from a feature store, as dict batches for `model.fit`.
+
+Each training item is an image (original and augmented features) paired with a caption
+from its caption pool: its own captions, or, for a pair corrupted by the noise injector,
+the captions of the image whose caption replaced its own. Three caption modes:
+
+* `one`: the caption the protocol picked for the image (the papers' setting);
+* `random`: a caption drawn from the pool anew for every epoch;
+* `all_pairs`: every caption of the pool is its own training pair (5x longer epochs).
+
+Batch order depends only on (seed, epoch), so a resumed run sees exactly the batches an
+uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from rs_hashing.data.noisy_pairs import NoisyPairs
+from rs_hashing.data.protocol_split import ProtocolSplit
+from rs_hashing.features.feature_store import FeatureStore
+
+
+@dataclasses.dataclass
+class TrainingPairs:
+    """Arrays of the training set.
+
+    Attributes:
+      image, image_aug: [T, Di] features of the T training images.
+      text_pool, text_aug_pool: [P, Dt] features of every caption a pair may use.
+      pool_offsets: [T + 1] item t draws captions pool_offsets[t]:pool_offsets[t+1].
+      chosen: [T] pool index of the caption used in `one` mode.
+      labels: [T] scene classes of the images.
+      noisy: [T] bool, pairs whose captions were replaced.
+      pair_weights: [P] weight of each (item, caption) pair, 1 unless a noise detector
+        set it; multiplies the pair's inter-modal contrastive term.
+    """
+
+    image: np.ndarray
+    image_aug: np.ndarray
+    text_pool: np.ndarray
+    text_aug_pool: np.ndarray
+    pool_offsets: np.ndarray
+    chosen: np.ndarray
+    labels: np.ndarray
+    noisy: np.ndarray
+    pair_weights: np.ndarray
+
+    @classmethod
+    def from_store(cls, store: FeatureStore, split: ProtocolSplit, noise: NoisyPairs | None = None,
+                   items: np.ndarray | None = None) -> "TrainingPairs":
+        """Training pairs of `split.train` (or of the training positions `items`)."""
+        train = split.train
+        source = noise.caption_source if noise is not None else np.arange(len(train))
+        noisy = noise.noisy if noise is not None else np.zeros(len(train), bool)
+        positions = np.arange(len(train)) if items is None else np.asarray(items)
+        images = train[positions]
+        caption_images = train[source[positions]]
+        offsets = store.caption_offsets
+        starts, stops = offsets[caption_images], offsets[caption_images + 1]
+        counts = stops - starts
+        pool = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
+        pool_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        chosen = pool_offsets[:-1] + split.caption_choice[caption_images]
+        return cls(
+            image=np.asarray(store.image[images], np.float32),
+            image_aug=np.asarray(store.image_aug[images], np.float32),
+            text_pool=np.asarray(store.text[pool], np.float32),
+            text_aug_pool=np.asarray(store.text_aug[pool], np.float32),
+            pool_offsets=pool_offsets,
+            chosen=chosen.astype(np.int64),
+            labels=np.asarray(store.labels[images]),
+            noisy=noisy[positions],
+            pair_weights=np.ones(len(pool), np.float32),
+        )
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def pairs_for_epoch(self, mode: str, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(item index, pool index) of every pair of an epoch, in training order."""
+        rng = np.random.default_rng([seed, epoch])
+        count = len(self)
+        if mode == "one":
+            items, captions = np.arange(count), self.chosen
+        elif mode == "random":
+            sizes = np.diff(self.pool_offsets)
+            items = np.arange(count)
+            captions = self.pool_offsets[:-1] + (rng.random(count) * sizes).astype(np.int64)
+        elif mode == "all_pairs":
+            captions = np.arange(len(self.text_pool))
+            items = np.repeat(np.arange(count), np.diff(self.pool_offsets))
+        else:
+            raise ValueError(f"caption_mode={mode!r} is not one of one, random, all_pairs")
+        order = rng.permutation(len(items))
+        return items[order], captions[order]
+
+    def steps_per_epoch(self, mode: str, batch_size: int) -> int:
+        pairs = len(self.text_pool) if mode == "all_pairs" else len(self)
+        if pairs < batch_size:
+            raise ValueError(f"batch_size={batch_size} is larger than the {pairs} training pairs")
+        return pairs // batch_size  # The last partial batch is dropped: contrastive terms need full batches.
+
+    def batch(self, items: np.ndarray, captions: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "image": self.image[items],
+            "image_aug": self.image_aug[items],
+            "text": self.text_pool[captions],
+            "text_aug": self.text_aug_pool[captions],
+            "index": items.astype(np.int32),
+            "pair_weights": self.pair_weights[captions],
+        }
+
+    def batches(self, mode: str, batch_size: int, seed: int, first_epoch: int,
+                epochs: int) -> Iterator[dict[str, np.ndarray]]:
+        steps = self.steps_per_epoch(mode, batch_size)
+        for epoch in range(first_epoch, epochs):
+            items, captions = self.pairs_for_epoch(mode, seed, epoch)
+            for step in range(steps):
+                chunk = slice(step * batch_size, (step + 1) * batch_size)
+                yield self.batch(items[chunk], captions[chunk])
+
+    def dataset(self, mode: str, batch_size: int, seed: int, first_epoch: int, epochs: int) -> tf.data.Dataset:
+        """Batches for `model.fit(..., initial_epoch=first_epoch, epochs=epochs)`."""
+        image_dim, text_dim = self.image.shape[1], self.text_pool.shape[1]
+        signature = {
+            "image": tf.TensorSpec([batch_size, image_dim], tf.float32),
+            "image_aug": tf.TensorSpec([batch_size, image_dim], tf.float32),
+            "text": tf.TensorSpec([batch_size, text_dim], tf.float32),
+            "text_aug": tf.TensorSpec([batch_size, text_dim], tf.float32),
+            "index": tf.TensorSpec([batch_size], tf.int32),
+            "pair_weights": tf.TensorSpec([batch_size], tf.float32),
+        }
+        return tf.data.Dataset.from_generator(
+            lambda: self.batches(mode, batch_size, seed, first_epoch, epochs),
+            output_signature=signature).prefetch(2)
+
+    def all_views(self) -> dict[str, np.ndarray]:
+        """Every item once with its `one`-mode caption (binary-target updates, scoring)."""
+        return self.batch(np.arange(len(self)), self.chosen)
