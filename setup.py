@@ -27,6 +27,7 @@ setuptools.setup(
         "matplotlib>=3.8",
         "faiss-cpu>=1.9",
         "ai-edge-litert>=2.0",
+        "safetensors>=0.4",  # keras-hub reads Hugging Face-format folders (the MiniLM default) with it
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api>=2.21,<2.22"],
