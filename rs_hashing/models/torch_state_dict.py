@@ -131,15 +131,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
             "(save `model.state_dict()`, not the model object).")
 
     def persistent_load(self, pid: Any) -> Any:
-        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+        # Legacy: ('storage', type, root_key, location, numel, view_metadata);
+        # zip: ('storage', type, key, location, numel).
+        expected_len = 6 if self._legacy else 5
+        if (not isinstance(pid, tuple) or len(pid) != expected_len
+                or pid[0] != "storage"):
             raise ValueError(f"{self._path}: unsupported persistent id {pid!r}.")
-        if self._legacy:
-            # ('storage', type, root_key, location, numel, view_metadata)
-            _, storage_type, key, _, numel, view = pid
-        else:
-            # ('storage', type, key, location, numel)
-            _, storage_type, key, _, numel = pid
-            view = None
+        _, storage_type, key, _, numel = pid[:5]
+        view = pid[5] if self._legacy else None
         if not isinstance(storage_type, _StorageType):
             raise ValueError(
                 f"{self._path}: storage {key!r} has unsupported type {storage_type!r}.")
@@ -151,37 +150,41 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _StorageView(root, int(view_offset), int(view_numel))
 
 
-def _read_pickle(file: BinaryIO, path: str, what: str) -> Any:
-    """Reads one of the small bookkeeping pickles of the legacy layout."""
+def _read_pickle(unpickler: _RestrictedUnpickler, path: str, what: str) -> Any:
+    """Runs `unpickler` once, turning any parse failure into a clear error."""
     try:
-        return _RestrictedUnpickler(file, path, legacy=True).load()
+        return unpickler.load()
     except ValueError:
         raise
     except Exception as err:
-        raise ValueError(f"{path}: corrupt PyTorch file, cannot read the {what}: {err}") from err
+        raise ValueError(
+            f"{path}: corrupt or truncated PyTorch file, cannot read the {what}: "
+            f"{type(err).__name__}: {err}") from err
 
 
 def _load_legacy(file: BinaryIO, path: str) -> Any:
     """Parses the pre-1.6 layout: five pickles, then raw storages."""
-    magic = _read_pickle(file, path, "magic number")
+    try:
+        magic = _RestrictedUnpickler(file, path, legacy=True).load()
+    except Exception as err:
+        raise ValueError(
+            f"{path}: not a PyTorch file (neither a zip archive nor a legacy "
+            f"torch.save pickle): {type(err).__name__}: {err}") from err
     if magic != _LEGACY_MAGIC_NUMBER:
         raise ValueError(
             f"{path}: not a PyTorch file (neither a zip archive nor the legacy "
             "format's magic number).")
-    version = _read_pickle(file, path, "protocol version")
+    version = _read_pickle(_RestrictedUnpickler(file, path, True), path, "protocol version")
     if version != _LEGACY_PROTOCOL_VERSION:
         raise ValueError(f"{path}: unsupported legacy protocol version {version!r}.")
-    sys_info = _read_pickle(file, path, "system info")
-    if not sys_info.get("little_endian", True):
-        raise ValueError(f"{path}: big-endian PyTorch files are not supported.")
+    sys_info = _read_pickle(_RestrictedUnpickler(file, path, True), path, "system info")
+    if not isinstance(sys_info, dict) or not sys_info.get("little_endian", True):
+        raise ValueError(f"{path}: only little-endian PyTorch files are supported.")
     unpickler = _RestrictedUnpickler(file, path, legacy=True)
-    try:
-        obj = unpickler.load()
-        storage_keys = pickle.load(file)
-    except ValueError:
-        raise
-    except Exception as err:
-        raise ValueError(f"{path}: corrupt PyTorch file, cannot read the object: {err}") from err
+    obj = _read_pickle(unpickler, path, "state dict")
+    storage_keys = _read_pickle(_RestrictedUnpickler(file, path, True), path, "storage keys")
+    if not isinstance(storage_keys, list):
+        raise ValueError(f"{path}: corrupt PyTorch file, storage keys are not a list.")
     # Storages follow in the order of `storage_keys`, each as an int64 element
     # count and then its bytes.
     for key in storage_keys:
@@ -218,7 +221,7 @@ def _load_zip(path: str) -> Any:
                 raise ValueError(f"{path}: big-endian PyTorch files are not supported.")
             unpickler = _RestrictedUnpickler(
                 io.BytesIO(archive.read(pickles[0])), path, legacy=False)
-            obj = unpickler.load()
+            obj = _read_pickle(unpickler, path, "state dict")
             for key, ref in unpickler.storages.items():
                 member = f"{prefix}data/{key}"
                 if member not in names:
@@ -232,8 +235,11 @@ def _load_zip(path: str) -> Any:
                     raw[:expected], dtype=ref.storage_type.dtype.newbyteorder("<"))
     except ValueError:
         raise
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, OSError) as err:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError, OSError) as err:
         raise ValueError(f"{path}: corrupt PyTorch zip file: {err}") from err
+    except Exception as err:  # zlib and CRC errors have no common base class.
+        raise ValueError(
+            f"{path}: corrupt PyTorch zip file: {type(err).__name__}: {err}") from err
     return obj
 
 

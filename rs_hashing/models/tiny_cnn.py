@@ -1,0 +1,63 @@
+"""A tiny randomly initialised CNN image encoder, for fast unit tests only."""
+
+from typing import Any
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="rs_hashing")
+class TinyCNN(keras.Model):
+    """Two small convolutions and global average pooling; never pretrained.
+
+    It follows the encoder convention of this package so that tests can stand
+    it in for a real backbone: input float RGB pixels in [0, 255], shape
+    `(N, H, W, 3)`, scaled to [0, 1] inside the model; output pooled features
+    of shape `(N, feature_dim)`.
+
+    Args:
+        feature_dim: width of the second convolution, hence of the output.
+        image_size: fixed input height and width, or `None` for any size.
+        hidden_dim: width of the first convolution.
+        **kwargs: passed to `keras.Model` (e.g. `name`, `trainable`, `dtype`).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int = 16,
+        image_size: int | None = None,
+        hidden_dim: int = 8,
+        **kwargs: Any,
+    ):
+        for arg_name, value in (("feature_dim", feature_dim), ("hidden_dim", hidden_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{arg_name} must be a positive int; got {value!r}.")
+        if image_size is not None and (
+                not isinstance(image_size, int) or isinstance(image_size, bool)
+                or image_size < 1):
+            raise ValueError(f"image_size must be a positive int or None; got {image_size!r}.")
+        layers = keras.layers
+        kwargs.setdefault("name", "tiny_cnn")
+
+        # === Functional model ===
+        images = keras.Input(shape=(image_size, image_size, 3), name="images")
+        x = layers.Rescaling(1.0 / 255.0, name="normalize")(images)
+        x = layers.Conv2D(hidden_dim, 3, strides=2, padding="same", activation="relu",
+                          name="conv1")(x)
+        x = layers.Conv2D(feature_dim, 3, strides=2, padding="same", activation="relu",
+                          name="conv2")(x)
+        features = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        super().__init__(inputs=images, outputs=features, **kwargs)
+
+        # === Config ===
+        self.feature_dim = feature_dim
+        self.image_size = image_size
+        self.hidden_dim = hidden_dim
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "feature_dim": self.feature_dim,
+            "image_size": self.image_size,
+            "hidden_dim": self.hidden_dim,
+        }
