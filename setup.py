@@ -27,6 +27,7 @@ setuptools.setup(
         "matplotlib>=3.8",
         "faiss-cpu>=1.9",
         "ai-edge-litert>=2.0",
+        "tensorboard>=2.20",  # TF 2.21 no longer pulls it; runs write TensorBoard logs
         "safetensors>=0.4",  # keras-hub reads Hugging Face-format folders (the MiniLM default) with it
     ],
     extras_require={

@@ -132,9 +132,11 @@ class FeatureConfig:
 class ModelConfig:
     """Hash heads, losses and the CHNR noise detector.
 
-    The loss weights are for *mean*-reduced terms; see
-    `rs_hashing.models.cross_modal_hashing_model` for how they relate to the papers'
-    batch-sum weights (a = 0.01, b = 0.001, g = 0.01 at batch 256).
+    The loss weights are for *mean*-reduced terms. Left as None, the adversarial,
+    quantisation and bit-balance weights are derived from the papers' batch-sum weights
+    (a = 0.01, b = 0.001, g = 0.01 at batch 256) so that the balance of the authors' code
+    is kept exactly: 0.01, 0.002 K and 0.02 K^2 for K bits (see
+    `rs_hashing.models.cross_modal_hashing_model`).
     """
 
     method: str = "duch"
@@ -145,9 +147,9 @@ class ModelConfig:
     contrastive_inter_weight: float = 1.0
     contrastive_intra_image_weight: float = 1.0
     contrastive_intra_text_weight: float = 1.0
-    adversarial_weight: float = 0.01
-    quantization_weight: float = 0.001
-    bit_balance_weight: float = 0.01
+    adversarial_weight: float | None = None
+    quantization_weight: float | None = None
+    bit_balance_weight: float | None = None
     gp_weight: float = 10.0
     noise_weighting: str = "threshold"
     chnr_loss: str = "chnr"
@@ -173,6 +175,8 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 256
     learning_rate: float = 1e-4
+    # The authors' coupled L2 (torch Adam weight_decay) on the hashing nets, for their
+    # batch-sum loss at batch 256; the model applies weight_decay / 512 to our mean loss.
     weight_decay: float = 5e-4
     lr_decay: float = 0.8
     lr_decay_epochs: tuple[int, ...] = (1, 51)
@@ -255,6 +259,11 @@ def _field_index() -> dict[str, list[str]]:
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Checks a value against a field's annotation, with the safe int->float widening."""
     hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing), {})  # noqa: S307
+    args = typing.get_args(hint)
+    if type(None) in args:  # `float | None`: None, or a value of the other type.
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is bool:
@@ -358,6 +367,8 @@ def flag_specs() -> list[tuple[str, str, Any, str]]:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             hint = hints[f.name]
+            if type(None) in typing.get_args(hint):
+                hint = next(a for a in typing.get_args(hint) if a is not type(None))
             if f.name in CHOICES:
                 kind = "enum"
             elif hint is bool:

@@ -100,15 +100,17 @@ def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_tr
         contrastive_intra_text_weight=m.contrastive_intra_text_weight,
         adversarial_weight=m.adversarial_weight, quantization_weight=m.quantization_weight,
         bit_balance_weight=m.bit_balance_weight, temperature=m.temperature, gp_weight=m.gp_weight,
-        variant=m.variant, seed=config.train.seed)
+        # Coupled L2 of the authors' batch-sum loss at batch 256, on our mean loss (1/512).
+        hash_l2=config.train.weight_decay / 512, variant=m.variant, seed=config.train.seed)
     return model
 
 
 def compile_model(model: CrossModalHashingModel, config: config_lib.Config) -> None:
     t = config.train
     model.compile(
-        hash_optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate),
-        discriminator_optimizer=keras.optimizers.Adam(learning_rate=1e-4, beta_1=0.5, beta_2=0.9))
+        # epsilon 1e-8 as torch's Adam, which the papers used.
+        hash_optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate, epsilon=1e-8),
+        discriminator_optimizer=keras.optimizers.Adam(learning_rate=1e-4, beta_1=0.5, beta_2=0.9, epsilon=1e-8))
 
 
 def _read_history(path: str) -> dict[str, list[float]]:
@@ -116,7 +118,12 @@ def _read_history(path: str) -> dict[str, list[float]]:
         return {}
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in (rows[0] if rows else {})}
+    history = {}
+    for key in (rows[0] if rows else {}):
+        values = [r[key] for r in rows if r.get(key) not in (None, "", "NA")]  # Keras writes NA for absent columns.
+        if values and key != "epoch":
+            history[key] = [float(v) for v in values]
+    return history
 
 
 def prepare(config: config_lib.Config):

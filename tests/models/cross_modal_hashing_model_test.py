@@ -1,0 +1,330 @@
+"""Tests for rs_hashing.models.cross_modal_hashing_model (tiny dims, CPU, seconds)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rs_hashing.losses.nt_xent import nt_xent_loss
+from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
+
+FEATURES, HIDDEN, BITS, BATCH = 12, 16, 8, 4
+
+
+def make_model(**overrides) -> CrossModalHashingModel:
+    kwargs = dict(image_dim=FEATURES, text_dim=FEATURES, bits=BITS, hidden_dim=HIDDEN, num_train=16, seed=0)
+    kwargs.update(overrides)
+    return CrossModalHashingModel(**kwargs)
+
+
+def random_batch(seed: int = 0, size: int = BATCH) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    batch = {key: rng.normal(size=(size, FEATURES)).astype("float32")
+             for key in ("image", "image_aug", "text", "text_aug")}
+    batch["index"] = np.arange(size, dtype="int32")
+    return batch
+
+
+def separable_data(seed: int = 0) -> dict[str, np.ndarray]:
+    """16 items of 4 classes; image and text features come from unrelated prototypes."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(4), 4)
+    image_prototypes, text_prototypes = rng.normal(size=(2, 4, FEATURES))
+    data = {"image": image_prototypes[labels] + 0.3 * rng.normal(size=(16, FEATURES)),
+            "text": text_prototypes[labels] + 0.3 * rng.normal(size=(16, FEATURES))}
+    data["image_aug"] = data["image"] + 0.1 * rng.normal(size=(16, FEATURES))
+    data["text_aug"] = data["text"] + 0.1 * rng.normal(size=(16, FEATURES))
+    data = {key: value.astype("float32") for key, value in data.items()}
+    data["index"] = np.arange(16, dtype="int32")
+    return data
+
+
+def snapshot(variables) -> list[np.ndarray]:
+    return [np.array(v) for v in variables]
+
+
+def changed(before, variables) -> list[bool]:
+    return [not np.array_equal(b, np.array(v)) for b, v in zip(before, variables)]
+
+
+def paired_cosine(model, data) -> float:
+    image_codes = np.array(model.encode_image(data["image"]))
+    text_codes = np.array(model.encode_text(data["text"]))
+    image_codes /= np.linalg.norm(image_codes, axis=1, keepdims=True)
+    text_codes /= np.linalg.norm(text_codes, axis=1, keepdims=True)
+    return float(np.mean(np.sum(image_codes * text_codes, axis=1)))
+
+
+# ----------------------------------------------------------------------- construction
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"bits": 0}, "bits must be a positive integer, got 0"),
+        ({"num_train": -1}, "num_train must be a positive integer, got -1"),
+        ({"variant": "as_written"}, "variant must be one of .*'as_written'"),
+        ({"temperature": 0.0}, "temperature must be a positive number, got 0.0"),
+        ({"quantization_weight": -1.0}, "quantization_weight must be a non-negative number, got -1.0"),
+        ({"use_adversarial": "yes"}, "use_adversarial must be a bool, got 'yes'"),
+        ({"seed": 1.5}, "seed must be an integer or None, got 1.5"),
+    ],
+)
+def test_bad_arguments_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_model(**overrides)
+
+
+def test_authors_equivalent_weights():
+    weights = CrossModalHashingModel.authors_equivalent_weights(64)
+    assert weights == pytest.approx(
+        {"adversarial_weight": 0.01, "quantization_weight": 0.128, "bit_balance_weight": 81.92})
+    config = make_model().get_config()
+    assert config["adversarial_weight"] == pytest.approx(0.01)
+    assert config["quantization_weight"] == pytest.approx(2 * 0.001 * BITS)
+    assert config["bit_balance_weight"] == pytest.approx(2 * 0.01 * BITS**2)
+    assert config["hash_l2"] == pytest.approx(5e-4 / 512)
+    assert make_model(quantization_weight=0.5).get_config()["quantization_weight"] == 0.5
+
+
+def test_config_round_trip():
+    model = make_model(variant="as_coded", temperature=0.5, use_adversarial=False, seed=3)
+    config = model.get_config()
+    json.dumps(config)  # the trainer writes it as JSON
+    rebuilt = CrossModalHashingModel.from_config(config)
+    assert rebuilt.get_config() == config
+
+
+def test_binary_targets_are_seeded_plus_minus_one():
+    table = np.asarray(make_model(seed=5).binary_targets)
+    assert table.shape == (16, BITS)
+    assert set(np.unique(table)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(table, np.asarray(make_model(seed=5).binary_targets))
+    assert not np.array_equal(table, np.asarray(make_model(seed=6).binary_targets))
+
+
+def test_encode_call_and_binarize():
+    model = make_model()
+    batch = random_batch()
+    image_codes = np.asarray(model.encode_image(batch["image"]))
+    text_codes = np.asarray(model.encode_text(batch["text"]))
+    assert image_codes.shape == text_codes.shape == (BATCH, BITS)
+    assert np.all(np.abs(image_codes) < 1) and np.all(np.abs(text_codes) < 1)
+    outputs = model({"image": batch["image"], "text": batch["text"]})
+    np.testing.assert_allclose(np.asarray(outputs["image_codes"]), image_codes)
+    np.testing.assert_array_equal(
+        np.asarray(CrossModalHashingModel.binarize(np.array([[0.0, -0.1, 0.2, -0.0]]))),
+        [[1.0, -1.0, 1.0, 1.0]])
+
+
+def test_compile_rejects_loss_and_shared_optimizer():
+    model = make_model()
+    with pytest.raises(ValueError, match="'loss' is not accepted"):
+        model.compile(loss="mse")
+    optimizer = keras.optimizers.Adam()
+    with pytest.raises(ValueError, match="two different optimizer objects"):
+        model.compile(hash_optimizer=optimizer, discriminator_optimizer=optimizer)
+
+
+# ----------------------------------------------------------------------- loss terms
+
+
+def test_augmented_caption_reaches_the_text_head_only_as_intended():
+    batch = random_batch()
+    intended = make_model()
+    codes = intended.encode_views(batch, training=True)
+    assert not np.allclose(np.asarray(codes["text_codes"]), np.asarray(codes["text_codes_aug"]))
+
+    as_coded = make_model(variant="as_coded")
+    codes = as_coded.encode_views(batch, training=True)
+    np.testing.assert_array_equal(np.asarray(codes["text_codes"]), np.asarray(codes["text_codes_aug"]))
+
+    # End to end through the loss: only as_intended's text term sees text_aug.
+    other = dict(batch, text_aug=batch["text_aug"] * 5.0 + 1.0)
+    for model, should_differ in ((intended, True), (as_coded, False)):
+        model.compile()
+        first = float(model.test_step(batch)["contrastive_intra_text"])
+        model.reset_metrics()
+        second = float(model.test_step(other)["contrastive_intra_text"])
+        model.reset_metrics()
+        assert (first != pytest.approx(second, rel=1e-6)) == should_differ
+
+
+def test_generator_term_targets_image_codes_as_intended_and_text_codes_as_coded():
+    batch = random_batch()
+    other_images = dict(batch, image=batch["image"] + 3.0, image_aug=batch["image_aug"] + 3.0)
+    for variant, should_differ in (("as_intended", True), ("as_coded", False)):
+        model = make_model(variant=variant)
+        model.compile()
+        first = float(model.test_step(batch)["adversarial"])
+        model.reset_metrics()
+        second = float(model.test_step(other_images)["adversarial"])
+        assert (first != pytest.approx(second, rel=1e-6)) == should_differ
+
+
+def test_loss_terms_match_a_hand_computation():
+    model = make_model(temperature=0.5)
+    model.compile()
+    batch = dict(random_batch(), index=np.array([3, 0, 7, 7], "int32"))
+    terms = {k: float(v) for k, v in model.test_step(batch).items()}
+
+    codes = {k: np.asarray(v, "float64") for k, v in model.encode_views(batch).items()}
+    views = list(codes.values())
+    targets = np.asarray(model.binary_targets)[batch["index"]]
+    quantization = np.mean([np.mean((v - targets) ** 2) for v in views])
+    bit_balance = np.mean([np.mean(np.mean(v, axis=1) ** 2) for v in views])
+    inter = float(np.mean(nt_xent_loss(codes["image_codes"], codes["text_codes"], 0.5)))
+    assert terms["quantization"] == pytest.approx(quantization, rel=1e-5)
+    assert terms["bit_balance"] == pytest.approx(bit_balance, rel=1e-5)
+    assert terms["contrastive_inter"] == pytest.approx(inter, rel=1e-5)
+
+    l2 = 0.5 * model.hash_l2 * sum(float(np.sum(np.square(v))) for v in
+                                   model.image_head.trainable_variables + model.text_head.trainable_variables)
+    total = (terms["contrastive_inter"] + terms["contrastive_intra_image"] + terms["contrastive_intra_text"]
+             + model.adversarial_weight * terms["adversarial"]
+             + model.quantization_weight * terms["quantization"]
+             + model.bit_balance_weight * terms["bit_balance"] + l2)
+    assert terms["loss"] == pytest.approx(total, rel=1e-5)
+
+
+def test_pair_weights_scale_only_the_inter_modal_term():
+    model = make_model()
+    model.compile()
+    batch = random_batch()
+    plain = {k: float(v) for k, v in model.test_step(batch).items()}
+    model.reset_metrics()
+    weighted = {k: float(v) for k, v in
+                model.test_step(dict(batch, pair_weights=np.array([1, 1, 0, 1], "float32"))).items()}
+
+    codes = model.encode_views(batch)
+    per_item = np.asarray(nt_xent_loss(codes["image_codes"], codes["text_codes"]))
+    assert weighted["contrastive_inter"] == pytest.approx(per_item[[0, 1, 3]].mean(), rel=1e-5)
+    assert plain["contrastive_inter"] == pytest.approx(per_item.mean(), rel=1e-5)
+    for name in ("contrastive_intra_image", "contrastive_intra_text", "adversarial",
+                 "quantization", "bit_balance"):
+        assert weighted[name] == pytest.approx(plain[name], rel=1e-6), name
+
+
+# ----------------------------------------------------------------------- training steps
+
+
+def test_discriminator_is_updated_first_and_each_optimizer_gets_its_own_variables():
+    model = make_model()
+    model.compile()
+    calls = []
+    for role, optimizer in (("discriminator", model.discriminator_optimizer), ("hash", model.hash_optimizer)):
+        original = optimizer.apply
+
+        def spy(gradients, variables, role=role, original=original):
+            calls.append((role, {id(v) for v in variables}))
+            return original(gradients, variables)
+
+        optimizer.apply = spy
+    model.train_step(random_batch())
+    head_ids = {id(v) for v in model.image_head.trainable_variables + model.text_head.trainable_variables}
+    assert calls == [("discriminator", {id(v) for v in model.discriminator.trainable_variables}),
+                     ("hash", head_ids)]
+
+
+def test_discriminator_step_changes_only_discriminator_variables():
+    model = make_model()
+    model.compile()
+    codes = model.encode_views(random_batch(), training=True)
+    head_variables = model.image_head.variables + model.text_head.variables + [model.binary_targets]
+    heads_before = snapshot(head_variables)
+    discriminator_before = snapshot(model.discriminator.variables)
+    model._discriminator_step(codes)
+    assert not any(changed(heads_before, head_variables))
+    assert all(changed(discriminator_before, model.discriminator.variables))
+
+
+def test_hashing_terms_leave_the_discriminator_untouched():
+    # The generator term calls the discriminator statelessly: neither its weights nor its
+    # BatchNorm statistics move, whatever the heads' gradient step does.
+    model = make_model()
+    model.compile()
+    batch = random_batch()
+    before = snapshot(model.discriminator.variables)
+    with tf.GradientTape() as tape:
+        codes = model.encode_views(batch, training=True)
+        loss = model._loss_terms(batch, codes)["loss"]
+    gradients = tape.gradient(loss, model.discriminator.trainable_variables)
+    assert not any(changed(before, model.discriminator.variables))
+    # The hashing loss does depend on the discriminator (it is not detached from it)...
+    assert any(g is not None and np.any(np.asarray(g)) for g in gradients)
+    # ...but the hashing step only applies gradients to the heads (checked above).
+
+
+def test_without_adversarial_the_discriminator_never_changes():
+    model = make_model(use_adversarial=False)
+    model.compile()
+    before = snapshot(model.discriminator.variables)
+    heads_before = snapshot(model.image_head.trainable_variables)
+    logs = model.train_step(random_batch())
+    assert float(logs["adversarial"]) == 0.0 and float(logs["discriminator"]) == 0.0
+    assert not any(changed(before, model.discriminator.variables))
+    assert all(changed(heads_before, model.image_head.trainable_variables))
+
+
+def test_train_step_requires_index_and_compile():
+    model = make_model()
+    batch = random_batch()
+    with pytest.raises(ValueError, match="call compile"):
+        model.train_step(batch)
+    model.compile()
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['index'\]"):
+        model.train_step({k: v for k, v in batch.items() if k != "index"})
+
+
+def test_fit_lowers_the_loss_and_aligns_paired_codes():
+    keras.utils.set_random_seed(0)
+    data = separable_data()
+    model = make_model(seed=0)
+    model.compile(hash_optimizer=keras.optimizers.Adam(1e-2))
+    full_batch = tf.data.Dataset.from_tensor_slices(data).batch(16)
+    loss_before = model.evaluate(full_batch, verbose=0, return_dict=True)["loss"]
+    cosine_before = paired_cosine(model, data)
+
+    train = tf.data.Dataset.from_tensor_slices(data).shuffle(16, seed=0).batch(BATCH)
+    history = model.fit(train, epochs=8, verbose=0).history  # 32 steps
+    assert set(history) == {"loss", "contrastive_inter", "contrastive_intra_image", "contrastive_intra_text",
+                            "adversarial", "quantization", "bit_balance", "discriminator"}
+    assert all(np.isfinite(v).all() for v in history.values())
+    assert history["loss"][-1] < history["loss"][0] - 0.5
+    loss_after = model.evaluate(full_batch, verbose=0, return_dict=True)["loss"]
+    assert loss_after < loss_before - 1.0
+    cosine_after = paired_cosine(model, data)
+    assert cosine_after > cosine_before + 0.5 and cosine_after > 0.6
+
+
+def test_save_and_load_weights_round_trip(tmp_path):
+    model = make_model(seed=1)
+    model.compile()
+    batch = random_batch()
+    model.train_step(batch)
+    model.update_binary_targets(dict(random_batch(size=16)))
+    path = str(tmp_path / "model.weights.h5")
+    model.save_weights(path)
+
+    restored = CrossModalHashingModel.from_config(dict(model.get_config(), seed=2))
+    restored.load_weights(path)
+    np.testing.assert_array_equal(np.asarray(restored.encode_image(batch["image"])),
+                                  np.asarray(model.encode_image(batch["image"])))
+    np.testing.assert_array_equal(np.asarray(restored.encode_text(batch["text"])),
+                                  np.asarray(model.encode_text(batch["text"])))
+    np.testing.assert_array_equal(np.asarray(restored.binary_targets), np.asarray(model.binary_targets))
+    codes = np.asarray(model.encode_text(batch["text"]))
+    np.testing.assert_array_equal(np.asarray(restored.discriminator(codes)),
+                                  np.asarray(model.discriminator(codes)))
+
+
+@pytest.mark.slow
+def test_fit_with_xla(tmp_path):
+    # jit_compile="auto" means XLA on a GPU; on this CPU it takes ~15 s to compile.
+    model = make_model()
+    model.compile(jit_compile=True)
+    history = model.fit(tf.data.Dataset.from_tensor_slices(separable_data()).batch(BATCH),
+                        epochs=2, verbose=0).history
+    assert all(np.isfinite(v).all() for v in history.values())
