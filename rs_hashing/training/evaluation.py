@@ -62,3 +62,11 @@ def evaluate_model(model, store: FeatureStore, split: ProtocolSplit, k: int = 20
     codes = encode_sets(model, retrieval_features(store, split))
     results, curves = evaluate_codes(codes, k=k)
     return results, curves, codes
+
+
+def format_table(results: dict, k: int = 20) -> str:
+    """The four tasks' mAP@k (authors' and truncated) as a markdown table."""
+    lines = [f"| metric | {' | '.join(metrics.TASKS)} |", "|---|" + "---|" * len(metrics.TASKS)]
+    for key, name in ((f"map@{k}", f"mAP@{k} (authors')"), (f"map@{k}_truncated", f"mAP@{k} (truncated)")):
+        lines.append(f"| {name} | " + " | ".join(f"{results[key][t]:.3f}" for t in metrics.TASKS) + " |")
+    return "\n".join(lines)

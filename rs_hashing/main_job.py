@@ -1,0 +1,64 @@
+"""The main job end to end: data, features, training, evaluation, search.
+
+This is what `make demo` runs on the embedded default data (real Sentinel-2 pixels,
+rule-derived labels, generated captions); with another preset it runs the same steps on
+a user's archive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from rs_hashing import config as config_lib
+from rs_hashing import metrics
+from rs_hashing.data.loaders import load_dataset
+from rs_hashing.features.extraction import build_text_encoder, extract_features
+from rs_hashing.training import evaluation, trainer
+
+
+def search_by_text(queries: list[str], config: config_lib.Config, model, store, dataset,
+                   top_k: int = 5) -> list[dict]:
+    """Top-k archive images (all images of the dataset) for each typed caption."""
+    text_encoder = build_text_encoder(config.features)
+    query_codes = evaluation.binarize(model.encode_text(text_encoder.encode(queries), training=False))
+    archive_codes = evaluation.binarize(model.encode_image(np.asarray(store.image), training=False))
+    distances = metrics.hamming_distance(query_codes, archive_codes)
+    ranking = metrics.rank_database(query_codes, archive_codes)[:, :top_k]
+    return [{"query": q, "results": [
+        {"image": dataset.filenames[j], "class": dataset.class_names[dataset.labels[j]],
+         "hamming": int(distances[i, j])} for j in ranking[i]]} for i, q in enumerate(queries)]
+
+
+def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], verbose: int = 2) -> dict:
+    """Extracts features (or reuses them), trains, evaluates and searches; returns a summary."""
+    timings = {}
+    started = time.perf_counter()
+    dataset = load_dataset(config.data)
+    print(dataset.summary(), flush=True)
+    timings["data_s"] = time.perf_counter() - started
+
+    t = time.perf_counter()
+    features_dir = config.features.features or os.path.join(workdir, "features")
+    store, _ = extract_features(config, dataset, features_dir)
+    timings["features_s"] = time.perf_counter() - t
+    config = config_lib.apply_overrides(config, {"features": features_dir, "workdir": os.path.join(workdir, "run")})
+
+    t = time.perf_counter()
+    results = trainer.train(config, verbose=verbose)
+    timings["train_and_evaluate_s"] = time.perf_counter() - t
+    model = trainer.load_trained_model(config.train.workdir)
+
+    t = time.perf_counter()
+    found = search_by_text(queries, config, model, store, dataset)
+    timings["search_s"] = time.perf_counter() - t
+    timings = {k: round(v, 1) for k, v in timings.items()}
+    summary = {"dataset": dataset.summary(), "metrics": results, "search": found, "timings": timings,
+               "config": dataclasses.asdict(config)}
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, default=str)
+    return summary
