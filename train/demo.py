@@ -18,7 +18,7 @@ from rs_hashing.training import evaluation
 from train import config_flags
 
 flags.DEFINE_string("workdir", "runs/demo", "Folder for features, the run and its outputs.")
-flags.DEFINE_multi_string("query", ["open water of a lake", "dense green forest", "bright built-up area"],
+flags.DEFINE_multi_string("query", ["open water of a lake", "dense green forest", "a bright sandy beach along the sea", "farm fields"],
                           "Typed captions to search the archive with.")
 config_flags.define_config_flags(default_preset="demo")
 FLAGS = flags.FLAGS

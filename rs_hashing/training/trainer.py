@@ -190,7 +190,7 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
         data = pairs.dataset(t.caption_mode, t.batch_size, t.seed, first_epoch, t.epochs)
         model.fit(data, epochs=t.epochs, initial_epoch=first_epoch,
                   steps_per_epoch=pairs.steps_per_epoch(t.caption_mode, t.batch_size),
-                  callbacks=callbacks, verbose=verbose)
+                  callbacks=callbacks, verbose=verbose, shuffle=False)  # Order comes from TrainingPairs.
     train_seconds = time.perf_counter() - started
 
     model.save_weights(os.path.join(workdir, "model.weights.h5"))
