@@ -47,6 +47,7 @@ def write_karpathy(root: str, items: list[dict], image_dir_name: str = "RSICD_im
         images.append(entry)
         if make_images:
             write_image(os.path.join(root, image_dir_name, item["filename"]))
+    os.makedirs(root, exist_ok=True)
     path = os.path.join(root, name)
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"dataset": "test", "images": images}, f)

@@ -22,24 +22,26 @@ class CodeDiscriminator(keras.Model):
 
     Args:
         bits: code length K of its input.
+        seed: seeds the initial weights (None: Keras' global seeding).
         **kwargs: passed to `keras.Model` (`name`, `trainable`, `dtype`).
 
     Raises:
         ValueError: if `bits` is not a positive integer.
     """
 
-    def __init__(self, bits: int, **kwargs: Any):
+    def __init__(self, bits: int, seed: int | None = None, **kwargs: Any):
         check_positive_int("CodeDiscriminator", "bits", bits)
 
         codes = keras.Input(shape=(bits,), name="codes")
-        hidden = torch_default_dense(2 * bits, bits, name="hidden_dense")(codes)
+        hidden = torch_default_dense(2 * bits, bits, name="hidden_dense", seed=seed)(codes)
         hidden = torch_default_batch_norm(name="hidden_batch_norm")(hidden)
         hidden = keras.layers.ReLU(name="hidden_relu")(hidden)
-        logits = torch_default_dense(1, 2 * bits, name="logits")(hidden)
+        logits = torch_default_dense(1, 2 * bits, name="logits", seed=None if seed is None else seed + 2)(hidden)
         super().__init__(inputs=codes, outputs=logits, **kwargs)
 
         self.bits = int(bits)
+        self.seed = seed
 
     def get_config(self) -> dict[str, Any]:
         """Every constructor argument, so `CodeDiscriminator.from_config` rebuilds it."""
-        return {"name": self.name, "trainable": self.trainable, "bits": self.bits}
+        return {"name": self.name, "trainable": self.trainable, "bits": self.bits, "seed": self.seed}

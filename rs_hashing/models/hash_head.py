@@ -16,7 +16,7 @@ def check_positive_int(owner: str, name: str, value: Any) -> None:
         raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}.")
 
 
-def torch_default_dense(units: int, fan_in: int, name: str) -> keras.layers.Dense:
+def torch_default_dense(units: int, fan_in: int, name: str, seed: int | None = None) -> keras.layers.Dense:
     """A Dense layer initialised like torch.nn.Linear, which DUCH was tuned with.
 
     torch draws kernel and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)); keeping that
@@ -26,9 +26,9 @@ def torch_default_dense(units: int, fan_in: int, name: str) -> keras.layers.Dens
     return keras.layers.Dense(
         units,
         kernel_initializer=keras.initializers.VarianceScaling(
-            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+            scale=1.0 / 3.0, mode="fan_in", distribution="uniform", seed=seed
         ),
-        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound, seed=None if seed is None else seed + 1),
         name=name,
     )
 
@@ -55,22 +55,25 @@ class HashHead(keras.Model):
         ValueError: if a dimension is not a positive integer; the message names it.
     """
 
-    def __init__(self, input_dim: int, bits: int, hidden_dim: int = 4096, **kwargs: Any):
+    def __init__(self, input_dim: int, bits: int, hidden_dim: int = 4096, seed: int | None = None,
+                 **kwargs: Any):
         check_positive_int("HashHead", "input_dim", input_dim)
         check_positive_int("HashHead", "bits", bits)
         check_positive_int("HashHead", "hidden_dim", hidden_dim)
 
         features = keras.Input(shape=(input_dim,), name="features")
-        hidden = torch_default_dense(hidden_dim, input_dim, name="hidden_dense")(features)
+        hidden = torch_default_dense(hidden_dim, input_dim, name="hidden_dense", seed=seed)(features)
         hidden = torch_default_batch_norm(name="hidden_batch_norm")(hidden)
         hidden = keras.layers.ReLU(name="hidden_relu")(hidden)
-        logits = torch_default_dense(bits, hidden_dim, name="code_dense")(hidden)
+        logits = torch_default_dense(bits, hidden_dim, name="code_dense",
+                                     seed=None if seed is None else seed + 2)(hidden)
         codes = keras.layers.Activation("tanh", name="codes")(logits)
         super().__init__(inputs=features, outputs=codes, **kwargs)
 
         self.input_dim = int(input_dim)
         self.bits = int(bits)
         self.hidden_dim = int(hidden_dim)
+        self.seed = seed
 
     def get_config(self) -> dict[str, Any]:
         """Every constructor argument, so `HashHead.from_config` rebuilds it."""
@@ -80,4 +83,5 @@ class HashHead(keras.Model):
             "input_dim": self.input_dim,
             "bits": self.bits,
             "hidden_dim": self.hidden_dim,
+            "seed": self.seed,
         }
