@@ -235,10 +235,10 @@ class CrossModalHashingModel(keras.Model):
         self.seed = None if seed is None else int(seed)
 
         # Distinct initializer seeds per network (None keeps Keras' global seeding).
-        head_seed = (lambda offset: None) if self.seed is None else (lambda offset: 10 * self.seed + offset)
-        self.image_head = HashHead(self.image_dim, self.bits, self.hidden_dim, seed=head_seed(1), name="image_head")
-        self.text_head = HashHead(self.text_dim, self.bits, self.hidden_dim, seed=head_seed(4), name="text_head")
-        self.discriminator = CodeDiscriminator(self.bits, seed=head_seed(7), name="discriminator")
+        head_seed = (lambda offset: None) if self.seed is None else (lambda offset: 1000 * self.seed + offset)
+        self.image_head = HashHead(self.image_dim, self.bits, self.hidden_dim, seed=head_seed(100), name="image_head")
+        self.text_head = HashHead(self.text_dim, self.bits, self.hidden_dim, seed=head_seed(200), name="text_head")
+        self.discriminator = CodeDiscriminator(self.bits, seed=head_seed(300), name="discriminator")
 
         initial_targets = np.random.default_rng(self.seed).choice(
             np.array([-1.0, 1.0], dtype="float32"), size=(self.num_train, self.bits)

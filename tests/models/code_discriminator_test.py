@@ -21,7 +21,7 @@ def test_architecture_and_logits_shape():
 def test_config_round_trip():
     discriminator = CodeDiscriminator(bits=8, name="discriminator")
     config = discriminator.get_config()
-    assert config == {"name": "discriminator", "trainable": True, "bits": 8}
+    assert config == {"name": "discriminator", "trainable": True, "bits": 8, "seed": None}
     assert CodeDiscriminator.from_config(config).get_config() == config
 
 

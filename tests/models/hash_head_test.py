@@ -36,7 +36,7 @@ def test_config_round_trip():
     head = HashHead(input_dim=12, bits=8, hidden_dim=16, name="image_head")
     config = head.get_config()
     assert config == {
-        "name": "image_head", "trainable": True, "input_dim": 12, "bits": 8, "hidden_dim": 16
+        "name": "image_head", "trainable": True, "input_dim": 12, "bits": 8, "hidden_dim": 16, "seed": None
     }
     rebuilt = HashHead.from_config(config)
     assert isinstance(rebuilt, HashHead)
@@ -57,3 +57,12 @@ def test_config_round_trip():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HashHead(**kwargs)
+
+
+def test_seed_fixes_the_initial_weights():
+    a = HashHead(input_dim=12, bits=8, hidden_dim=16, seed=5)
+    b = HashHead(input_dim=12, bits=8, hidden_dim=16, seed=5)
+    c = HashHead(input_dim=12, bits=8, hidden_dim=16, seed=6)
+    for x, y in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert not np.array_equal(np.asarray(a.weights[0]), np.asarray(c.weights[0]))
