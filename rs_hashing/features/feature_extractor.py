@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Callable, Sequence
 
@@ -191,6 +192,7 @@ class FeatureExtractor:
         manifest["extraction"] = dataclasses.asdict(report)
         manifest["augmented_caption_changed_fraction"] = float(np.mean([a != b for a, b in zip(texts, texts_aug)]))
         FeatureStore.write(out_dir, arrays, dataset, manifest)
+        shutil.rmtree(shard_dir)  # The store is complete; shards only served resuming.
         self.report = report
         return FeatureStore.open(out_dir, dataset)
 
