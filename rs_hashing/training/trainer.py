@@ -79,21 +79,31 @@ class NanGuard(keras.callbacks.Callback):
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves model, optimizers and the next epoch index at the end of every n-th epoch."""
+    """Saves model, optimizers and the next epoch index at the end of every n-th epoch.
 
-    def __init__(self, manager: tf.train.CheckpointManager, epoch_var: tf.Variable, every: int, epochs: int):
+    `number_offset` is added to the checkpoint's file number, so that runs made of
+    several stages sharing one manager (CHNR: detector, then hashing) number their
+    checkpoints in the order they were written.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, epoch_var: tf.Variable, every: int, epochs: int,
+                 number_offset: int = 0):
         super().__init__()
         self.manager, self.epoch_var, self.every, self.epochs = manager, epoch_var, every, epochs
+        self.number_offset = number_offset
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs:
             self.epoch_var.assign(epoch + 1)
-            self.manager.save(checkpoint_number=epoch + 1)
+            self.manager.save(checkpoint_number=self.number_offset + epoch + 1)
 
 
-def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_train: int) -> CrossModalHashingModel:
+def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_train: int,
+                **overrides) -> CrossModalHashingModel:
+    """The hashing model of a config; `overrides` replace constructor arguments (CHNR's
+    loss set turns terms off this way)."""
     m = config.model
-    model = CrossModalHashingModel(
+    arguments = dict(
         image_dim=image_dim, text_dim=text_dim, bits=m.bits, hidden_dim=m.hidden_dim, num_train=num_train,
         contrastive_inter_weight=m.contrastive_inter_weight,
         contrastive_intra_image_weight=m.contrastive_intra_image_weight,
@@ -102,7 +112,11 @@ def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_tr
         bit_balance_weight=m.bit_balance_weight, temperature=m.temperature, gp_weight=m.gp_weight,
         # Coupled L2 of the authors' batch-sum loss at batch 256, on our mean loss (1/512).
         hash_l2=config.train.weight_decay / 512, variant=m.variant, seed=config.train.seed)
-    return model
+    unknown = set(overrides) - set(arguments) - {"use_adversarial", "discriminator_l2"}
+    if unknown:
+        raise ValueError(f"build_model: unknown model argument(s) {sorted(unknown)}")
+    arguments.update(overrides)
+    return CrossModalHashingModel(**arguments)
 
 
 def compile_model(model: CrossModalHashingModel, config: config_lib.Config) -> None:
@@ -140,6 +154,90 @@ def prepare(config: config_lib.Config):
     return dataset, store, split, noise
 
 
+def start_run(config: config_lib.Config, workdir: str | None) -> str:
+    """The run folder (`workdir` or the config's), created, with config.json written."""
+    workdir = workdir or config.train.workdir
+    if not workdir:
+        raise ValueError("workdir is empty: give the run folder")
+    os.makedirs(workdir, exist_ok=True)
+    config_lib.save_config(config, workdir)
+    return workdir
+
+
+def restore_checkpoint(checkpoint_dir: str, **objects) -> tf.train.CheckpointManager:
+    """A manager (last 2 kept) for a checkpoint of `objects`, restored from its latest
+    save if there is one; a checkpoint that does not fit the objects is an error."""
+    checkpoint = tf.train.Checkpoint(**objects)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    return manager
+
+
+def hashing_checkpoint_objects(model: CrossModalHashingModel, epoch_var: tf.Variable) -> dict:
+    """What a hashing run's checkpoint holds: model, both optimizers, next epoch.
+
+    `all_model_variables` lists every model variable as well: tf.train.Checkpoint does
+    not track Keras 3 SeedGenerator states through the model, and without them a resumed
+    run would redraw its gradient-penalty interpolations from the start seed.
+    """
+    return dict(model=model, hash_optimizer=model.hash_optimizer,
+                discriminator_optimizer=model.discriminator_optimizer, epoch=epoch_var,
+                all_model_variables=list(model.variables))
+
+
+def hashing_callbacks(model: CrossModalHashingModel, config: config_lib.Config, target_views: dict,
+                      workdir: str, manager: tf.train.CheckpointManager, epoch_var: tf.Variable, epochs: int,
+                      append_history: bool, number_offset: int = 0) -> list[keras.callbacks.Callback]:
+    """Learning-rate steps, binary-target refresh (from `target_views`), NaN guard,
+    checkpoints at epoch ends, history.csv and TensorBoard logs of a hashing `fit`."""
+    t = config.train
+    return [
+        StepDecay(model.hash_optimizer, lambda e: learning_rate_at(t, e)),
+        BinaryTargetUpdater(target_views),
+        NanGuard(manager.directory),
+        EpochCheckpoint(manager, epoch_var, t.checkpoint_every, epochs, number_offset=number_offset),
+        keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=append_history),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False),
+    ]
+
+
+def fit_hashing(model: CrossModalHashingModel, pairs: TrainingPairs, config: config_lib.Config, first_epoch: int,
+                epochs: int, callbacks: list, verbose: int, item_index: np.ndarray | None = None) -> None:
+    """`model.fit` on the pairs' batches for epochs [first_epoch, epochs).
+
+    `item_index` maps the pairs' item positions to rows of the model's binary-target
+    table, for pairs that are a subset of the training set (CHNR's phase 1).
+    """
+    t = config.train
+    data = pairs.dataset(t.caption_mode, t.batch_size, t.seed, first_epoch, epochs)
+    if item_index is not None:
+        table = tf.constant(np.asarray(item_index, np.int32))
+        data = data.map(lambda batch: dict(batch, index=tf.gather(table, batch["index"])))
+    model.fit(data, epochs=epochs, initial_epoch=first_epoch,
+              steps_per_epoch=pairs.steps_per_epoch(t.caption_mode, t.batch_size),
+              callbacks=callbacks, verbose=verbose, shuffle=False)  # Order comes from TrainingPairs.
+
+
+def finish_run(model: CrossModalHashingModel, config: config_lib.Config, store: FeatureStore, split: ProtocolSplit,
+               workdir: str, extra: dict) -> dict:
+    """Writes final weights, evaluation (metrics.json with `extra` added, codes, PR
+    curves) and plots of a trained hashing model; returns the metrics."""
+    model.save_weights(os.path.join(workdir, "model.weights.h5"))
+    write_json_atomic(os.path.join(workdir, "model_config.json"), model.get_config())
+    results, curves, codes = evaluation.evaluate_model(model, store, split)
+    results.update(extra)
+    write_json_atomic(os.path.join(workdir, "metrics.json"), results)
+    write_json_atomic(os.path.join(workdir, "pr_curves.json"), curves)
+    np.savez_compressed(os.path.join(workdir, "codes.npz"), **codes)
+    plots.plot_pr_curves(curves, os.path.join(workdir, "pr_curve.png"),
+                         title=f"{config.model.method.upper()} {config.model.bits} bits")
+    history = _read_history(os.path.join(workdir, "history.csv"))
+    if history:
+        plots.plot_training_curves(history, os.path.join(workdir, "training_curves.png"))
+    return results
+
+
 def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 2,
           pairs_hook: Callable[[TrainingPairs], None] | None = None) -> dict:
     """Trains DUCH on the configured features, evaluates, and writes the run folder.
@@ -148,14 +246,10 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
       config: the resolved configuration.
       workdir: run folder (defaults to `config.train.workdir`).
       verbose: Keras fit verbosity (1 = progress bar, 2 = a line per epoch).
-      pairs_hook: called with the training pairs before training (CHNR sets weights).
+      pairs_hook: called with the training pairs before training (e.g. to set weights).
     Returns: the content of metrics.json.
     """
-    workdir = workdir or config.train.workdir
-    if not workdir:
-        raise ValueError("workdir is empty: give the run folder")
-    os.makedirs(workdir, exist_ok=True)
-    config_lib.save_config(config, workdir)
+    workdir = start_run(config, workdir)
     started = time.perf_counter()
     _, store, split, noise = prepare(config)
     if noise is not None:
@@ -169,47 +263,18 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
     compile_model(model, config)
     model.build_for_features(t.batch_size)
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    checkpoint = tf.train.Checkpoint(
-        model=model, hash_optimizer=model.hash_optimizer,
-        discriminator_optimizer=model.discriminator_optimizer, epoch=epoch_var)
-    checkpoint_dir = os.path.join(workdir, "checkpoints")
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    manager = restore_checkpoint(os.path.join(workdir, "checkpoints"), **hashing_checkpoint_objects(model, epoch_var))
     first_epoch = int(epoch_var.numpy())
 
     if first_epoch < t.epochs:
-        callbacks = [
-            StepDecay(model.hash_optimizer, lambda e: learning_rate_at(t, e)),
-            BinaryTargetUpdater(pairs.all_views()),
-            NanGuard(checkpoint_dir),
-            EpochCheckpoint(manager, epoch_var, t.checkpoint_every, t.epochs),
-            keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=first_epoch > 0),
-            keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False),
-        ]
-        data = pairs.dataset(t.caption_mode, t.batch_size, t.seed, first_epoch, t.epochs)
-        model.fit(data, epochs=t.epochs, initial_epoch=first_epoch,
-                  steps_per_epoch=pairs.steps_per_epoch(t.caption_mode, t.batch_size),
-                  callbacks=callbacks, verbose=verbose, shuffle=False)  # Order comes from TrainingPairs.
-    train_seconds = time.perf_counter() - started
-
-    model.save_weights(os.path.join(workdir, "model.weights.h5"))
-    write_json_atomic(os.path.join(workdir, "model_config.json"), model.get_config())
-    results, curves, codes = evaluation.evaluate_model(model, store, split)
-    results["train_seconds"] = round(train_seconds, 1)
-    results["epochs"] = t.epochs
-    results["resumed_from_epoch"] = first_epoch
+        callbacks = hashing_callbacks(model, config, pairs.all_views(), workdir, manager, epoch_var, t.epochs,
+                                      append_history=first_epoch > 0)
+        fit_hashing(model, pairs, config, first_epoch, t.epochs, callbacks, verbose)
+    extra = {"train_seconds": round(time.perf_counter() - started, 1), "epochs": t.epochs,
+             "resumed_from_epoch": first_epoch}
     if noise is not None:
-        results["realised_noise_rate"] = noise.realised_rate
-    write_json_atomic(os.path.join(workdir, "metrics.json"), results)
-    write_json_atomic(os.path.join(workdir, "pr_curves.json"), curves)
-    np.savez_compressed(os.path.join(workdir, "codes.npz"), **codes)
-    plots.plot_pr_curves(curves, os.path.join(workdir, "pr_curve.png"),
-                         title=f"{config.model.method.upper()} {config.model.bits} bits")
-    history = _read_history(os.path.join(workdir, "history.csv"))
-    if history:
-        plots.plot_training_curves(history, os.path.join(workdir, "training_curves.png"))
-    return results
+        extra["realised_noise_rate"] = noise.realised_rate
+    return finish_run(model, config, store, split, workdir, extra)
 
 
 def load_trained_model(workdir: str) -> CrossModalHashingModel:
