@@ -31,7 +31,8 @@ setuptools.setup(
         "safetensors>=0.4",  # keras-hub reads Hugging Face-format folders (the MiniLM default) with it
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api>=2.21,<2.22"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api>=2.21,<2.22", "psycopg[binary]>=3.1"],
+        "postgres": ["psycopg[binary]>=3.1"],
         "serving": ["tensorflow-serving-api>=2.21,<2.22"],
     },
 )

@@ -15,9 +15,9 @@ import time
 import numpy as np
 
 from rs_hashing import config as config_lib
-from rs_hashing import metrics
 from rs_hashing.data.loaders import load_dataset
 from rs_hashing.features.extraction import build_text_encoder, extract_features
+from rs_hashing.index.hamming_index import HammingIndex
 from rs_hashing.training import evaluation, trainer
 
 
@@ -27,11 +27,14 @@ def search_by_text(queries: list[str], config: config_lib.Config, model, store, 
     text_encoder = build_text_encoder(config.features)
     query_codes = evaluation.binarize(model.encode_text(text_encoder.encode(queries), training=False))
     archive_codes = evaluation.binarize(model.encode_image(np.asarray(store.image), training=False))
-    distances = metrics.hamming_distance(query_codes, archive_codes)
-    ranking = metrics.rank_database(query_codes, archive_codes)[:, :top_k]
+    # Exact index, ids = archive positions: the same ranking as metrics.rank_database
+    # (ties by position), through the search path that train.search uses.
+    index = HammingIndex(archive_codes.shape[1], kind="flat")
+    index.add(archive_codes)
+    ids, distances = index.search(query_codes, top_k)
     return [{"query": q, "results": [
         {"image": dataset.filenames[j], "class": dataset.class_names[dataset.labels[j]],
-         "hamming": int(distances[i, j])} for j in ranking[i]]} for i, q in enumerate(queries)]
+         "hamming": int(d)} for j, d in zip(ids[i], distances[i])]} for i, q in enumerate(queries)]
 
 
 def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], verbose: int = 2) -> dict:

@@ -1,0 +1,1 @@
+"""Archive search: a faiss Hamming index, a PostgreSQL archive and the code encoders."""

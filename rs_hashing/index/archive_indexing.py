@@ -1,0 +1,146 @@
+"""Indexing an image archive with a trained run, and searching it by text or image.
+
+The library side of `train.index_archive` and `train.search`:
+
+* `folder_items` / `dataset_items` list an archive (a folder of images, or a caption
+  dataset with its captions and classes) as per-image metadata dicts;
+* `index_archive` encodes the images with a run's model and saves a `HammingIndex`
+  whose `info` records the run, its weights fingerprint and the image folder;
+* `open_index` loads such an index and refuses one made with another model;
+* `search_archive` answers one sentence or one image with the top k.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rs_hashing import config as config_lib
+from rs_hashing.data.loaders import load_dataset
+from rs_hashing.errors import DatasetError
+from rs_hashing.index.archive_encoder import ArchiveEncoder
+from rs_hashing.index.hamming_index import DEFAULT_APPROXIMATE_ABOVE, HammingIndex
+
+# What tf.io.decode_image reads (the preprocessing shared with training).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def folder_items(folder: str) -> tuple[str, list[dict[str, str]]]:
+    """Every image under `folder` (recursively, sorted, hidden entries skipped).
+
+    Returns:
+        (absolute folder, [{"file": path relative to the folder}]).
+
+    Raises:
+        DatasetError: the folder does not exist or holds no image.
+    """
+    root = os.path.abspath(folder)
+    if not os.path.isdir(root):
+        raise DatasetError(f"{folder}: image folder does not exist")
+    files = []
+    for directory, subdirectories, names in os.walk(root):
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+        for name in names:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(os.path.relpath(os.path.join(directory, name), root))
+    if not files:
+        raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return root, [{"file": f} for f in sorted(files)]
+
+
+def dataset_items(data_config: config_lib.DataConfig) -> tuple[str, list[dict[str, str]]]:
+    """Every image of a caption dataset with its first caption and its class.
+
+    Returns:
+        (absolute image folder, [{"file", "caption", "class"}]) in dataset order.
+    """
+    dataset = load_dataset(data_config)
+    items = [{"file": filename, "caption": captions[0], "class": dataset.class_names[label]}
+             for filename, captions, label in zip(dataset.filenames, dataset.captions,
+                                                  dataset.labels.tolist())]
+    return os.path.abspath(dataset.image_dir), items
+
+
+def data_config_for_archive(run_config: config_lib.Config, preset: str | None = None,
+                            overrides: Mapping[str, Any] | None = None) -> config_lib.DataConfig:
+    """The dataset to index: the run's own unless a preset is named, with single
+    `data` fields (dataset, data_dir, caption_file, image_dir, label_file) overridden.
+
+    Raises:
+        KeyError: an override that is not a `data` field.
+    """
+    base = config_lib.get_preset(preset) if preset else run_config
+    data_fields = {name for name in config_lib.DataConfig.__dataclass_fields__}
+    unknown = [key for key in (overrides or {}) if key not in data_fields]
+    if unknown:
+        raise KeyError(f"not data fields: {', '.join(unknown)}")
+    given = {f"data.{key}": value for key, value in (overrides or {}).items() if value is not None}
+    return config_lib.apply_overrides(base, given).data
+
+
+def index_archive(encoder: ArchiveEncoder, root: str, items: Sequence[Mapping[str, Any]],
+                  out_path: str, batch_size: int | None = None, progress: bool = True,
+                  kind: str = "auto", nlist: int | None = None, nprobe: int | None = None,
+                  source: str = "",
+                  approximate_above: int = DEFAULT_APPROXIMATE_ABOVE) -> HammingIndex:
+    """Encodes the images of `items` (paths relative to `root`) and saves the index.
+
+    Args:
+        encoder: the run's encoder.
+        root: folder the item file names are relative to.
+        items: metadata per image, each with a "file" key; ids are their positions.
+        out_path: index file to write.
+        batch_size, progress: passed to `ArchiveEncoder.encode_image_files`.
+        kind, nlist, nprobe, approximate_above: passed to `HammingIndex`.
+        source: a few words on where the images came from (kept in the index info).
+
+    Returns:
+        The saved index.
+    """
+    paths = [os.path.join(root, item["file"]) for item in items]
+    started = time.perf_counter()
+    codes = encoder.encode_image_files(paths, batch_size=batch_size, progress=progress)
+    info = {"run": os.path.abspath(encoder.workdir), "model": encoder.fingerprint(),
+            "image_root": os.path.abspath(root), "source": source,
+            "image_size": encoder.image_size,
+            "encode_seconds": round(time.perf_counter() - started, 2)}
+    index = HammingIndex(encoder.bits, kind=kind, approximate_above=approximate_above,
+                         nlist=nlist, nprobe=nprobe, info=info)
+    index.add(codes, metadata=[dict(item) for item in items])
+    index.save(out_path)
+    return index
+
+
+def open_index(path: str, encoder: ArchiveEncoder) -> HammingIndex:
+    """Loads an index for searching with `encoder`'s run.
+
+    Raises:
+        ValueError: the file is not a valid index (see `HammingIndex.load`), its codes
+            have another length, or it was made with other weights.
+    """
+    index = HammingIndex.load(path, bits=encoder.bits)
+    recorded = index.info.get("model")
+    if recorded and recorded != encoder.fingerprint():
+        raise ValueError(
+            f"{path}: was made with the run {index.info.get('run')} (weights {recorded}), "
+            f"not with {encoder.workdir} (weights {encoder.fingerprint()}); its codes cannot "
+            "be compared: rebuild it with train.index_archive")
+    return index
+
+
+def search_archive(encoder: ArchiveEncoder, index: HammingIndex, text: str | None = None,
+                   image: str | None = None, k: int = 10) -> list[dict[str, Any]]:
+    """Top k archive items for one sentence or one image file (exactly one of them).
+
+    Returns:
+        [{"id", "hamming", **metadata}] sorted by (Hamming distance, id).
+    """
+    if (text is None) == (image is None):
+        raise ValueError("give exactly one of text and image")
+    if text is not None:
+        codes = encoder.encode_texts([text])
+    else:
+        codes = encoder.encode_image_files([image])
+    return index.search_items(codes, k)[0]
