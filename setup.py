@@ -27,12 +27,15 @@ setuptools.setup(
         "matplotlib>=3.8",
         "faiss-cpu>=1.9",
         "ai-edge-litert>=2.0",
+        "flatbuffers>=24",  # edits TFLite files (fp16 weight compression)
+        "simplejpeg>=1.7",  # the ground station decodes JPEGs exactly as tf.io.decode_image does
+        # Exports write TF Serving warm-up requests; the serving contract is part of the product.
+        "tensorflow-serving-api>=2.21,<2.22",
         "tensorboard>=2.20",  # TF 2.21 no longer pulls it; runs write TensorBoard logs
         "safetensors>=0.4",  # keras-hub reads Hugging Face-format folders (the MiniLM default) with it
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api>=2.21,<2.22", "psycopg[binary]>=3.1"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "psycopg[binary]>=3.1"],
         "postgres": ["psycopg[binary]>=3.1"],
-        "serving": ["tensorflow-serving-api>=2.21,<2.22"],
     },
 )

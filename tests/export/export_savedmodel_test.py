@@ -1,0 +1,34 @@
+"""End to end: the real `export.export_savedmodel` entry point on a tiny run."""
+
+import json
+import os
+import subprocess
+import sys
+
+from rs_hashing.export import serving_export
+from tests import testing
+from tests.export import tiny_run
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "export.export_savedmodel", *args], cwd=testing.REPO_ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def test_exports_the_next_version_with_warmup_and_refuses_bad_runs(tmp_path):
+    run = tiny_run.make_tiny_run(str(tmp_path / "tiny"))
+    base = tmp_path / "serving"
+    os.makedirs(base / "hashing" / "5")
+    result = _run(f"--workdir={run}", f"--export_base={base}", "--model_name=hashing")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["export"] == str(base / "hashing" / "6") and summary["bits"] == tiny_run.BITS
+    for name in ("saved_model.pb", serving_export.WARMUP_FILE, serving_export.INFO_FILE):
+        assert os.path.exists(base / "hashing" / "6" / name), name
+    assert sorted(os.listdir(base / "hashing")) == ["5", "6"]
+
+    result = _run(f"--workdir={tmp_path / 'nowhere'}", f"--export_base={base}")
+    assert result.returncode != 0 and "error: " in result.stderr
+    assert "config.json, model_config.json, model.weights.h5 missing" in result.stderr

@@ -1,0 +1,355 @@
+"""Tests for rs_hashing.export.serving_export: the TF Serving contract, without a server.
+
+The SavedModel is loaded the way the model server loads it (the SignatureDef map of the
+'serve' MetaGraph, tensors fed and fetched by the names it lists) and driven with
+tensorflow-serving-api PredictRequest / PredictResponse protos. Tiny encoders keep the
+unit tests to seconds; the RSICD-AID parity test with the real encoders is slow.
+"""
+
+import base64
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401 - registers the tokenizer ops the SavedModel uses.
+
+from rs_hashing.export import serving_export
+from rs_hashing.export.hashing_encoders import HashingEncoders, binary_codes
+from rs_hashing.features.image_pipeline import resize_image
+from tests import testing
+from tests.export import tiny_run
+
+predict_pb2 = pytest.importorskip("tensorflow_serving.apis.predict_pb2",
+                                  reason="tensorflow-serving-api is not installed")
+from tensorflow_serving.apis import model_pb2, prediction_log_pb2  # noqa: E402
+
+DOCS = os.path.join(testing.REPO_ROOT, "docs", "serving.md")
+K = tiny_run.BITS
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    return tiny_run.tiny_encoders(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def export_path(encoders, tmp_path_factory):
+    return serving_export.export_savedmodel(encoders, str(tmp_path_factory.mktemp("serving")))
+
+
+class SignatureSession:
+    """What the model server does with a SavedModel: a TF1 session over the 'serve'
+    MetaGraph, inputs fed and outputs fetched by the tensor names of a SignatureDef."""
+
+    def __init__(self, path: str):
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            self.meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
+        self.signatures = self.meta_graph.signature_def
+
+    def run(self, signature_name: str, inputs: dict) -> dict:
+        signature = self.signatures[signature_name]
+        if set(inputs) != set(signature.inputs):
+            raise ValueError(f"inputs {sorted(inputs)} do not match {sorted(signature.inputs)}")
+        feed = {signature.inputs[k].name: v for k, v in inputs.items()}
+        return self.session.run({k: v.name for k, v in signature.outputs.items()}, feed)
+
+    def predict(self, request_bytes: bytes) -> bytes:
+        """A serialized PredictRequest in, a serialized PredictResponse out."""
+        request = predict_pb2.PredictRequest.FromString(request_bytes)
+        name = request.model_spec.signature_name or "serving_default"
+        outputs = self.run(name, {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+        response = predict_pb2.PredictResponse(model_spec=request.model_spec)
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return response.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def server(export_path):
+    return SignatureSession(export_path)
+
+
+def _request(signature: str, inputs: dict) -> bytes:
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name="rs_hashing", signature_name=signature))
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return request.SerializeToString()
+
+
+def _response(response_bytes: bytes) -> dict:
+    response = predict_pb2.PredictResponse.FromString(response_bytes)
+    return {key: tf.make_ndarray(value) for key, value in response.outputs.items()}
+
+
+def _check_outputs(outputs: dict, reference_hash: np.ndarray) -> None:
+    assert outputs["code"].dtype == np.int8 and outputs["packed"].dtype == np.uint8
+    assert outputs["hash"].dtype == np.float32
+    np.testing.assert_array_equal(outputs["code"], binary_codes(reference_hash))
+    np.testing.assert_array_equal(outputs["packed"], np.packbits(outputs["code"] > 0, axis=-1))
+    np.testing.assert_allclose(outputs["hash"], reference_hash, atol=1e-5)
+
+
+# ----------------------------------------------------------------- outputs and layout
+
+def test_code_outputs_hand_computed():
+    hash_codes = tf.constant([[0.9, -0.5, 0.0, -1e-8, 0.3, -0.3, 0.2, 0.1,
+                               -0.7, -0.1, -0.2, -0.9, 0.4, 0.0, 1e-9, 0.6]])
+    outputs = serving_export.code_outputs(hash_codes, 16)
+    np.testing.assert_array_equal(outputs["code"], [[1, -1, 1, -1, 1, -1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1]])
+    # + - + - + - + + = 0b10101011 = 0xAB; - - - - + + + + = 0x0F.
+    np.testing.assert_array_equal(outputs["packed"], [[0xAB, 0x0F]])
+    assert outputs["code"].dtype == tf.int8 and outputs["packed"].dtype == tf.uint8
+    with pytest.raises(ValueError, match="bits=12 must be a multiple of 8"):
+        serving_export.code_outputs(hash_codes[:, :12], 12)
+
+
+def test_export_layout_warmup_and_info(export_path, encoders):
+    base = os.path.dirname(export_path)
+    assert os.path.basename(export_path) == "1" and os.listdir(base) == ["1"]
+    assert stat.S_IMODE(os.stat(export_path).st_mode) == 0o755
+    for name in ("saved_model.pb", "variables", serving_export.WARMUP_FILE, serving_export.INFO_FILE):
+        assert os.path.exists(os.path.join(export_path, name)), name
+    with open(os.path.join(export_path, serving_export.INFO_FILE), encoding="utf-8") as f:
+        info = json.load(f)
+    assert (info["bits"], info["image_size"], info["version"]) == (K, tiny_run.IMAGE_SIZE, 1)
+    assert info["serving_default"] == "encode_text"
+    assert serving_export.next_version(base) == 2
+
+
+def test_versions_are_numbered_and_appear_atomically(tmp_path, encoders, monkeypatch):
+    base = tmp_path / "serving"
+    (base / "rs_hashing" / "3").mkdir(parents=True)
+    (base / "rs_hashing" / "notes").mkdir()
+    seen = {}
+
+    class FakeArchive:
+        def write_out(self, path, verbose=True):
+            # While the model is written, no integer-named (servable) folder exists yet.
+            seen["staging"] = os.path.basename(path)
+            seen["listing"] = sorted(os.listdir(base / "rs_hashing"))
+            with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+                f.write(b"stub")
+
+    monkeypatch.setattr(serving_export, "build_export_archive", lambda enc: FakeArchive())
+    path = serving_export.export_savedmodel(encoders, str(base), warmup=False)
+    assert path == str(base / "rs_hashing" / "4")
+    assert not re.fullmatch(r"\d+", seen["staging"]) and seen["listing"] == sorted(["3", seen["staging"], "notes"])
+    assert sorted(os.listdir(base / "rs_hashing")) == ["3", "4", "notes"]
+    with pytest.raises(FileExistsError, match="already exists"):
+        serving_export.export_savedmodel(encoders, str(base), version=4, warmup=False)
+
+
+def test_failed_export_leaves_nothing(tmp_path, encoders, monkeypatch):
+    class BrokenArchive:
+        def write_out(self, path, verbose=True):
+            with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+                f.write(b"half")
+            raise RuntimeError("disk full")
+
+    monkeypatch.setattr(serving_export, "build_export_archive", lambda enc: BrokenArchive())
+    with pytest.raises(RuntimeError, match="disk full"):
+        serving_export.export_savedmodel(encoders, str(tmp_path), version=7, warmup=False)
+    assert os.listdir(tmp_path / "rs_hashing") == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"model_name": "../x"}, "model_name"), ({"model_name": ".hidden"}, "model_name"),
+    ({"version": -1}, "non-negative integer"), ({"version": "2"}, "non-negative integer"),
+])
+def test_bad_model_name_or_version(tmp_path, encoders, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        serving_export.export_savedmodel(encoders, str(tmp_path), warmup=False, **kwargs)
+
+
+# ----------------------------------------------------------------- the serving contract
+
+def test_signature_defs_as_the_server_reads_them(server):
+    signatures = server.signatures
+    assert set(serving_export.SIGNATURES) | {"serving_default"} <= set(signatures)
+    expected_inputs = {"encode_text": ("text", tf.string, [-1]),
+                       "serving_default": ("text", tf.string, [-1]),
+                       "encode_image": ("image_bytes", tf.string, [-1]),
+                       "encode_image_pixels": ("image", tf.uint8, [-1, -1, -1, 3])}
+    for name, (key, dtype, shape) in expected_inputs.items():
+        signature = signatures[name]
+        assert signature.method_name == "tensorflow/serving/predict"
+        assert list(signature.inputs) == [key]
+        assert signature.inputs[key].dtype == dtype.as_datatype_enum
+        assert [d.size for d in signature.inputs[key].tensor_shape.dim] == shape
+        outputs = {k: (v.dtype, [d.size for d in v.tensor_shape.dim]) for k, v in signature.outputs.items()}
+        assert outputs == {"code": (tf.int8.as_datatype_enum, [-1, K]),
+                           "packed": (tf.uint8.as_datatype_enum, [-1, K // 8]),
+                           "hash": (tf.float32.as_datatype_enum, [-1, K])}
+
+
+def test_predict_round_trip_matches_the_keras_model(server, encoders, tmp_path):
+    captions = np.array([c.encode() for c in tiny_run.CAPTIONS], dtype=object)
+    for signature in ("encode_text", "serving_default"):
+        outputs = _response(server.predict(_request(signature, {"text": captions})))
+        _check_outputs(outputs, encoders.text_hash(list(tiny_run.CAPTIONS)))
+
+    images = [open(p, "rb").read() for p in tiny_run.write_images(str(tmp_path), count=4)]
+    outputs = _response(server.predict(_request("encode_image", {"image_bytes": np.array(images, dtype=object)})))
+    _check_outputs(outputs, encoders.image_hash_from_bytes(images))
+
+    pixels = np.random.default_rng(1).integers(0, 256, size=(3, 23, 37, 3)).astype(np.uint8)
+    outputs = _response(server.predict(_request("encode_image_pixels", {"image": pixels})))
+    resized = resize_image(tf.constant(pixels), tiny_run.IMAGE_SIZE).numpy()
+    _check_outputs(outputs, encoders.image_hash_from_pixels(resized))
+
+
+def test_loaded_signatures_give_the_same_codes(export_path, server, encoders):
+    loaded = tf.saved_model.load(export_path)
+    function = loaded.signatures["encode_text"]
+    assert set(function.structured_input_signature[1]) == {"text"}
+    assert set(function.structured_outputs) == set(serving_export.OUTPUTS)
+    outputs = function(text=tf.constant(list(tiny_run.CAPTIONS)))
+    session_outputs = server.run("encode_text", {"text": np.array(tiny_run.CAPTIONS, dtype=object)})
+    np.testing.assert_array_equal(outputs["code"].numpy(), session_outputs["code"])
+    np.testing.assert_array_equal(outputs["packed"].numpy(), session_outputs["packed"])
+
+
+def test_warmup_requests_replay_through_the_signatures(export_path, server):
+    path = os.path.join(export_path, serving_export.WARMUP_FILE)
+    signatures = []
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        request = log.predict_log.request
+        assert request.model_spec.name == "rs_hashing"
+        signatures.append(request.model_spec.signature_name)
+        outputs = _response(server.predict(request.SerializeToString()))
+        assert outputs["code"].shape[1] == K and set(np.unique(outputs["code"])) <= {-1, 1}
+    assert sorted(signatures) == sorted(serving_export.SIGNATURES)
+
+
+def test_wrong_dtypes_and_shapes_are_rejected_with_clear_errors(export_path, server):
+    signatures = tf.saved_model.load(export_path).signatures
+    pixels = signatures["encode_image_pixels"]
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="uint8"):
+        pixels(image=tf.zeros([1, 8, 8, 3], tf.float32))
+    for shape in ([1, 8, 8, 4], [8, 8, 3]):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"Shape of tensor image \[[\d,]+\] is not compatible with expected "
+                                 r"shape \[\?,\?,\?,3\]"):
+            pixels(image=tf.zeros(shape, tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Shape of tensor text .* expected shape \[\?\]"):
+        signatures["encode_text"](text=tf.constant([["a road"]]))
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="string"):
+        signatures["encode_text"](text=tf.constant([1, 2]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        signatures["encode_image"](image_bytes=tf.constant([b"not an image"]))
+    # The TF1 feed path the server's Python clients know checks shapes before running.
+    with pytest.raises(ValueError, match="Cannot feed value of shape"):
+        server.run("encode_image_pixels", {"image": np.zeros([1, 8, 8, 4], np.uint8)})
+
+
+def test_saved_model_cli_shows_the_signatures(export_path):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    if not os.path.exists(cli):
+        pytest.skip(f"saved_model_cli not found beside {sys.executable}")
+    result = subprocess.run([cli, "show", "--dir", export_path, "--all"], capture_output=True,
+                            text=True, timeout=240, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    for name in ("encode_text", "encode_image", "encode_image_pixels", "serving_default"):
+        assert f"signature_def['{name}']" in out
+    assert "inputs['image'] tensor_info:\n        dtype: DT_UINT8\n        shape: (-1, -1, -1, 3)" in out
+    assert "inputs['image_bytes'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1)" in out
+    assert f"outputs['packed'] tensor_info:\n        dtype: DT_UINT8\n        shape: (-1, {K // 8})" in out
+    assert f"outputs['code'] tensor_info:\n        dtype: DT_INT8\n        shape: (-1, {K})" in out
+
+
+# ----------------------------------------------------------------- REST bodies in the docs
+
+def _rest_to_tensors(body: dict, input_names: list[str]) -> dict:
+    """TF Serving's REST decoding: row ("instances") or columnar ("inputs") format;
+    {"b64": ...} objects are bytes."""
+    def decode(value):
+        if isinstance(value, dict) and set(value) == {"b64"}:
+            return base64.b64decode(value["b64"])
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value.encode() if isinstance(value, str) else value
+
+    if "instances" in body:
+        rows = body["instances"]
+        if len(input_names) == 1 and not (isinstance(rows[0], dict) and set(rows[0]) == set(input_names)):
+            return {input_names[0]: [decode(r) for r in rows]}
+        return {name: [decode(r[name]) for r in rows] for name in input_names}
+    columns = body["inputs"]
+    if not isinstance(columns, dict) or set(columns) != set(input_names):
+        columns = {input_names[0]: columns}
+    return {name: decode(value) for name, value in columns.items()}
+
+
+def _doc_bodies() -> list[tuple[str, str, dict]]:
+    """(kind, signature, body) of every golden JSON block in docs/serving.md, each
+    preceded by a line `<!-- golden: request|response SIGNATURE -->`."""
+    with open(DOCS, encoding="utf-8") as f:
+        text = f.read()
+    blocks = re.findall(r"<!-- golden: (request|response) (\w+) -->\s*```json\n(.*?)```", text, re.S)
+    return [(kind, signature, json.loads(body)) for kind, signature, body in blocks]
+
+
+def test_golden_rest_bodies_in_the_docs_are_valid(server):
+    bodies = _doc_bodies()
+    requests = [(s, b) for kind, s, b in bodies if kind == "request"]
+    assert {("instances" in b, s) for s, b in requests} >= {
+        (True, "encode_text"), (False, "encode_text"), (True, "encode_image"),
+        (False, "encode_image"), (True, "encode_image_pixels")}
+    dtypes = {"text": object, "image_bytes": object, "image": np.uint8}
+    for signature, body in requests:
+        names = list(server.signatures[signature].inputs)
+        inputs = {k: np.array(v, dtype=dtypes[k]) for k, v in _rest_to_tensors(body, names).items()}
+        outputs = server.run(signature, inputs)
+        assert outputs["code"].shape == (len(next(iter(inputs.values()))), K)
+    for _, signature, body in [b for b in bodies if b[0] == "response"]:
+        rows = body.get("predictions") or [dict(zip(body["outputs"], v)) for v in zip(*body["outputs"].values())]
+        for row in rows:
+            bits = len(row["code"])
+            assert set(row) == set(serving_export.OUTPUTS) and len(row["hash"]) == bits
+            assert row["packed"] == list(np.packbits(np.array(row["code"]) > 0))
+            assert np.array_equal(np.array(row["code"]), binary_codes(row["hash"]))
+
+
+# ----------------------------------------------------------------- RSICD-AID parity
+
+@pytest.mark.slow
+@pytest.mark.skipif(not testing.has_shared_rsicd(), reason=testing.NO_SHARED_REASON)
+def test_savedmodel_codes_equal_keras_codes_on_rsicd(tmp_path):
+    """200 RSICD-AID JPEGs and captions through the whole exported graph vs the Keras
+    path (image_pipeline -> encoder -> head), bit for bit, with the real encoders.
+    RS_HASHING_EXPORT_RUN may name a trained run; otherwise the heads are untrained
+    (seeded), which tests the same graph."""
+    from rs_hashing import config as config_lib
+    from rs_hashing.export.image_sample import ImageSample
+    from rs_hashing.features.extraction import build_image_encoder_from_config, build_text_encoder
+    from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
+
+    run = os.environ.get("RS_HASHING_EXPORT_RUN")
+    if run:
+        encoders = HashingEncoders.from_workdir(run)
+    else:
+        features = config_lib.FeatureConfig()
+        image_encoder, text_encoder = build_image_encoder_from_config(features), build_text_encoder(features)
+        model = CrossModalHashingModel(1280, text_encoder.output_dim, 64, 1024, num_train=4, seed=0)
+        encoders = HashingEncoders(features, model, image_encoder, text_encoder)
+    sample = ImageSample.rsicd_aid(200)
+    images = [open(p, "rb").read() for p in sample.paths]
+    path = serving_export.export_savedmodel(encoders, str(tmp_path), warmup=False)
+    signatures = tf.saved_model.load(path).signatures
+    served_images = np.concatenate([signatures["encode_image"](image_bytes=tf.constant(images[i:i + 50]))["code"]
+                                    for i in range(0, len(images), 50)])
+    served_text = np.concatenate([signatures["encode_text"](text=tf.constant(list(sample.captions[i:i + 50])))["code"]
+                                  for i in range(0, len(images), 50)])
+    np.testing.assert_array_equal(served_images, binary_codes(encoders.image_hash_from_bytes(images)))
+    np.testing.assert_array_equal(served_text, binary_codes(encoders.text_hash(list(sample.captions))))
