@@ -37,6 +37,28 @@ def search_by_text(queries: list[str], config: config_lib.Config, model, store, 
          "hamming": int(d)} for j, d in zip(ids[i], distances[i])]} for i, q in enumerate(queries)]
 
 
+def export_run(run_dir: str, export_dir: str, sample_images: list[str]) -> dict:
+    """SavedModel (TF Serving) and fp32 TFLite image encoder of a run, with the TFLite
+    bit agreement measured on `sample_images`; a run whose encoders were random and never
+    saved (the smoke preset's tiny ones) cannot be exported and says so."""
+    # Imported here: export pulls TF Serving protos and the TFLite converter, which the
+    # rest of the main job does not need.
+    from rs_hashing.export.hashing_encoders import HashingEncoders  # pylint: disable=import-outside-toplevel
+    from rs_hashing.export.image_sample import ImageSample  # pylint: disable=import-outside-toplevel
+    from rs_hashing.export.serving_export import export_savedmodel  # pylint: disable=import-outside-toplevel
+    from rs_hashing.export.tflite_export import export_tflite  # pylint: disable=import-outside-toplevel
+
+    try:
+        encoders = HashingEncoders.from_workdir(run_dir)
+    except ValueError as e:
+        return {"skipped": str(e)}
+    savedmodel = export_savedmodel(encoders, os.path.join(export_dir, "savedmodel"))
+    report = export_tflite(encoders, os.path.join(export_dir, "image_encoder_fp32.tflite"), "fp32",
+                           sample=ImageSample.from_files(sample_images), text=False)
+    return {"savedmodel": savedmodel, "tflite": os.path.join(export_dir, "image_encoder_fp32.tflite"),
+            "tflite_report": report}
+
+
 def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], verbose: int = 2) -> dict:
     """Extracts features (or reuses them), trains, evaluates and searches; returns a summary."""
     timings = {}
@@ -59,9 +81,14 @@ def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], ve
     t = time.perf_counter()
     found = search_by_text(queries, config, model, store, dataset)
     timings["search_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    exports = export_run(config.train.workdir, os.path.join(workdir, "export"),
+                         [dataset.image_path(i) for i in range(min(64, len(dataset)))])
+    timings["export_s"] = time.perf_counter() - t
     timings = {k: round(v, 1) for k, v in timings.items()}
-    summary = {"dataset": dataset.summary(), "metrics": results, "search": found, "timings": timings,
-               "config": dataclasses.asdict(config)}
+    summary = {"dataset": dataset.summary(), "metrics": results, "search": found, "exports": exports,
+               "timings": timings, "config": dataclasses.asdict(config)}
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, default=str)
     return summary

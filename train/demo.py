@@ -41,6 +41,13 @@ def main(argv):
         print(f"\nquery: {found['query']!r}")
         for rank, hit in enumerate(found["results"], start=1):
             print(f"  {rank}. {hit['image']:<28} class={hit['class']:<18} hamming={hit['hamming']}")
+    exports = summary["exports"]
+    if "skipped" in exports:
+        print(f"\nexport skipped: {exports['skipped']}")
+    else:
+        agreement = (exports["tflite_report"].get("agreement") or {}).get("bit_agreement", float("nan"))
+        print(f"\nexported: SavedModel {exports['savedmodel']}\n          TFLite {exports['tflite']} "
+              f"(bits equal to the Keras model's: {100 * agreement:.2f}%)")
     print(f"\ntimings (s): {summary['timings']}\noutputs: {FLAGS.workdir}")
 
 

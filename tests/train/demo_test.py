@@ -22,6 +22,8 @@ def test_demo_entry_point_runs_the_main_job(tmp_path):
     assert "real Sentinel-2 pixels, rule-derived labels, generated captions" in out
     assert "| mAP@20 (authors') |" in out and "query: 'open water of a lake'" in out
     assert out.count("hamming=") == 5
+    # Tiny random encoders are never saved, so the smoke run cannot be exported; it says so.
+    assert "export skipped:" in out
     run = workdir / "run"
     for name in ("config.json", "metrics.json", "codes.npz", "model.weights.h5", "history.csv"):
         assert (run / name).exists(), name
