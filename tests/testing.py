@@ -52,3 +52,14 @@ def write_karpathy(root: str, items: list[dict], image_dir_name: str = "RSICD_im
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"dataset": "test", "images": images}, f)
     return path
+
+
+def run_module(module: str, *args: str, timeout: int = 600, env: dict | None = None):
+    """Runs `python -m module args...` from the repository root, as a user would, and
+    returns the CompletedProcess (text output captured, TensorFlow's C++ logging quiet)."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)

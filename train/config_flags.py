@@ -30,6 +30,17 @@ def config_from_flags() -> config_lib.Config:
     return config_lib.config_from_flags(flags.FLAGS.preset, values)
 
 
+def seed_run(config: config_lib.Config) -> None:
+    """Global seeding for a training run (only entry points do this): Keras, numpy and
+    Python from `train.seed`, and deterministic ops so a resumed run ends as an
+    uninterrupted one."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    keras.utils.set_random_seed(config.train.seed)
+    tf.config.experimental.enable_op_determinism()
+
+
 def exit_with_error(error: Exception) -> None:
     """Ends an entry point with the library's one-line message instead of a stack trace."""
     raise SystemExit(f"error: {error}")

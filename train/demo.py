@@ -9,8 +9,6 @@ top 5 images for typed captions. Any config field is a flag (--preset picks the 
 """
 
 from absl import app, flags
-import keras
-import tensorflow as tf
 
 from rs_hashing.errors import DatasetError, FeatureStoreError, TrainingError
 from rs_hashing.main_job import run_main_job
@@ -27,8 +25,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     config = config_flags.config_from_flags()
-    keras.utils.set_random_seed(config.train.seed)
-    tf.config.experimental.enable_op_determinism()
+    config_flags.seed_run(config)
     try:
         summary = run_main_job(config, FLAGS.workdir, FLAGS.query)
     except (DatasetError, FeatureStoreError, TrainingError, FileNotFoundError, ValueError) as e:

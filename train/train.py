@@ -9,8 +9,6 @@ metrics.json, codes.npz and plots into --workdir. Every config field is a flag.
 
 import json
 
-import tensorflow as tf
-import keras
 from absl import app, flags
 
 from rs_hashing.errors import DatasetError, FeatureStoreError, TrainingError
@@ -24,8 +22,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     config = config_flags.config_from_flags()
-    keras.utils.set_random_seed(config.train.seed)
-    tf.config.experimental.enable_op_determinism()  # A resumed run ends as an uninterrupted one.
+    config_flags.seed_run(config)
     try:
         if config.model.method == "chnr":
             from rs_hashing.training import chnr_trainer  # pylint: disable=import-outside-toplevel

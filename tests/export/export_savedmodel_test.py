@@ -2,19 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 from rs_hashing.export import serving_export
 from tests import testing
 from tests.export import tiny_run
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-
-
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "export.export_savedmodel", *args], cwd=testing.REPO_ROOT,
-                          env=ENV, capture_output=True, text=True, timeout=600)
+    return testing.run_module("export.export_savedmodel", *args)
 
 
 def test_exports_the_next_version_with_warmup_and_refuses_bad_runs(tmp_path):

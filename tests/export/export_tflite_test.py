@@ -2,18 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 from tests import testing
 from tests.export import tiny_run
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-
-
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "export.export_tflite", *args], cwd=testing.REPO_ROOT,
-                          env=ENV, capture_output=True, text=True, timeout=600)
+    return testing.run_module("export.export_tflite", *args)
 
 
 def test_writes_both_models_and_the_report(tmp_path):

@@ -1,20 +1,13 @@
 """End to end: the real `train.index_archive` and `train.search` entry points on a tiny
 run (tiny_cnn and tiny_bert encoders, 8-bit heads)."""
 
-import os
-import subprocess
-import sys
 
 from rs_hashing.index.hamming_index import HammingIndex
 from tests import testing
 from tests.index import tiny_run
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-
-
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", *args], cwd=testing.REPO_ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+    return testing.run_module(*args)
 
 
 def test_index_a_folder_then_search_it_by_image_with_a_contact_sheet(tmp_path):

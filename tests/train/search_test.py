@@ -1,9 +1,6 @@
 """End to end: the real `train.search` entry point with a typed sentence (the index is
 made in-process by the library, as train.index_archive would)."""
 
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -14,12 +11,8 @@ from rs_hashing.index.archive_encoder import ArchiveEncoder
 from tests import testing
 from tests.index import tiny_run
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-
-
 def _search(*args):
-    return subprocess.run([sys.executable, "-m", "train.search", *args], cwd=testing.REPO_ROOT,
-                          env=ENV, capture_output=True, text=True, timeout=600)
+    return testing.run_module("train.search", *args)
 
 
 def test_text_search_prints_top_k_and_writes_a_png_sheet(tmp_path):
