@@ -18,6 +18,11 @@ runs are reused, so a killed benchmark resumes. Writes
                           at their own p grid (.05 .1 .2 .3 .4 .5; other features and the
                           full RSICD: a reference, not a like-for-like figure)
 
+At p = 0 nothing is corrupted and DUCH trains exactly as the DUCH benchmark's
+`as_intended_64` run; --duch_clean_run=runs/duch_benchmark/as_intended_64 reuses that run
+(after checking that its config differs only in paths and the unused noise fields)
+instead of training it again.
+
 --set key=value overrides any other config field (e.g. for a quick check on a tiny
 store: --preset=smoke --set=dataset=karpathy,caption_file=...,batch_size=8).
 """
@@ -47,6 +52,8 @@ flags.DEFINE_integer("phase2_epochs", 75, "CHNR epochs on the whole noisy traini
 flags.DEFINE_float("clean_fraction", 0.2, "Share of training pairs never corrupted (CHNR's trusted subset).")
 flags.DEFINE_enum("noise_weighting", "threshold", list(config_lib.NOISE_WEIGHTINGS), "CHNR's pair weights.")
 flags.DEFINE_enum("chnr_loss", "chnr", list(config_lib.CHNR_LOSSES), "CHNR's loss set.")
+flags.DEFINE_string("duch_clean_run", None,
+                    "A finished DUCH run on clean pairs with the same settings, reused as DUCH at p = 0.")
 flags.DEFINE_list("set", [], "Extra config overrides, key=value (values parsed as Python literals).")
 FLAGS = flags.FLAGS
 
@@ -99,6 +106,27 @@ def train_or_reuse(config: config_lib.Config, workdir: str) -> dict:
         else:
             trainer.train(config, verbose=0)
     with open(metrics_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# Fields that may differ between a reused clean DUCH run and the one this benchmark would
+# train: paths, the noise injection (nothing is corrupted at p = 0) and CHNR-only settings.
+REUSE_IGNORED = {"data_dir", "features", "workdir", "clean_fraction", "noise_rate", "noise_seed",
+                 "noise_weighting", "chnr_loss", "detector_hidden", "detector_dropout", "detector_augmented_views",
+                 "phase1_epochs", "phase2_epochs", "detector_learning_rate", "detector_weight_decay"}
+
+
+def reuse_clean_duch(config: config_lib.Config, run_dir: str) -> dict:
+    """metrics.json of `run_dir`, a finished DUCH run trained as `config` would be at p = 0."""
+    if config.model.method != "duch" or config.data.noise_rate != 0:
+        raise ValueError("only DUCH at noise rate 0 can reuse a clean run")
+    theirs = config_lib.to_dict(config_lib.load_config(run_dir))
+    differences = [f"{group}.{key}: {theirs[group][key]!r} there, {value!r} here"
+                   for group, fields in config_lib.to_dict(config).items() for key, value in fields.items()
+                   if key not in REUSE_IGNORED and theirs[group][key] != value]
+    if differences:
+        raise ValueError(f"--duch_clean_run={run_dir} was trained with other settings: " + "; ".join(differences))
+    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -186,7 +214,11 @@ def main(argv):
     for p in rates:
         for method in FLAGS.methods:
             workdir = os.path.join(FLAGS.out, run_name(method, p))
-            results[(method, p)] = train_or_reuse(run_config(base, method, p, workdir), workdir)
+            config = run_config(base, method, p, workdir)
+            if method == "duch" and p == 0 and FLAGS.duch_clean_run:
+                results[(method, p)] = reuse_clean_duch(config, FLAGS.duch_clean_run)
+            else:
+                results[(method, p)] = train_or_reuse(config, workdir)
 
     table = results_table(rates, results)
     checks = done_when_checks(rates, results)

@@ -1,0 +1,41 @@
+"""The CHNR benchmark's reuse of a clean DUCH run at p = 0."""
+
+import json
+import os
+
+import pytest
+
+from benchmarks import chnr_benchmark
+from rs_hashing import config as config_lib
+from tests.testing import tiny_config
+
+
+def _finished_run(root: str, config: config_lib.Config, i2t: float) -> str:
+    run = os.path.join(root, "clean_duch")
+    os.makedirs(run)
+    config_lib.save_config(config, run)
+    with open(os.path.join(run, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump({"map@20": {"i2t": i2t, "t2i": 0.5}}, f)
+    return run
+
+
+def test_reuses_a_clean_run_that_differs_only_in_paths_and_noise_fields(tmp_path):
+    theirs = tiny_config(data_dir="/elsewhere/rsicd", features="/elsewhere/store", workdir="/elsewhere/run")
+    ours = config_lib.apply_overrides(tiny_config(), {"clean_fraction": 0.2, "noise_weighting": "cubed",
+                                                      "phase1_epochs": 3, "workdir": str(tmp_path / "w")})
+    run = _finished_run(str(tmp_path), theirs, i2t=0.625)
+    assert chnr_benchmark.reuse_clean_duch(ours, run)["map@20"]["i2t"] == 0.625
+
+
+def test_refuses_a_clean_run_with_other_training_settings(tmp_path):
+    run = _finished_run(str(tmp_path), tiny_config(bits=16), i2t=0.625)
+    with pytest.raises(ValueError, match=r"model\.bits: 16 there, 8 here"):
+        chnr_benchmark.reuse_clean_duch(tiny_config(), run)
+
+
+def test_only_duch_at_noise_zero_reuses(tmp_path):
+    run = _finished_run(str(tmp_path), tiny_config(), i2t=0.625)
+    with pytest.raises(ValueError, match="only DUCH at noise rate 0"):
+        chnr_benchmark.reuse_clean_duch(tiny_config(noise_rate=0.3), run)
+    with pytest.raises(ValueError, match="only DUCH at noise rate 0"):
+        chnr_benchmark.reuse_clean_duch(tiny_config(method="chnr"), run)
