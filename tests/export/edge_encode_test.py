@@ -10,7 +10,7 @@ import pytest
 from rs_hashing.export import tflite_export
 from rs_hashing.export.edge_encoder import EdgeEncoder
 from tests import testing
-from tests.export import tiny_run
+from tests import tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from rs_hashing.export import edge_encoder, tflite_export
 from rs_hashing.export.edge_encoder import EdgeEncoder
 from rs_hashing.features import image_pipeline
 from tests import testing
-from tests.export import tiny_run
+from tests import tiny_run
 
 HAS_SIMPLEJPEG = edge_encoder._simplejpeg() is not None
 needs_simplejpeg = pytest.mark.skipif(not HAS_SIMPLEJPEG, reason="simplejpeg is not installed")

@@ -5,14 +5,14 @@ import os
 
 from rs_hashing.export import serving_export
 from tests import testing
-from tests.export import tiny_run
+from tests import tiny_run
 
 def _run(*args):
     return testing.run_module("export.export_savedmodel", *args)
 
 
 def test_exports_the_next_version_with_warmup_and_refuses_bad_runs(tmp_path):
-    run = tiny_run.make_tiny_run(str(tmp_path / "tiny"))
+    run = tiny_run.make_tiny_run(str(tmp_path / "tiny"), saved_encoders=True)
     base = tmp_path / "serving"
     os.makedirs(base / "hashing" / "5")
     result = _run(f"--workdir={run}", f"--export_base={base}", "--model_name=hashing")

@@ -4,14 +4,14 @@ import json
 import os
 
 from tests import testing
-from tests.export import tiny_run
+from tests import tiny_run
 
 def _run(*args):
     return testing.run_module("export.export_tflite", *args)
 
 
 def test_writes_both_models_and_the_report(tmp_path):
-    run = tiny_run.make_tiny_run(str(tmp_path / "tiny"))
+    run = tiny_run.make_tiny_run(str(tmp_path / "tiny"), saved_encoders=True)
     images = tmp_path / "images"
     tiny_run.write_images(str(images), count=4)
     out = tmp_path / "edge" / "codes.tflite"

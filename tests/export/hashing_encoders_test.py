@@ -12,12 +12,12 @@ from rs_hashing.export import hashing_encoders
 from rs_hashing.export.hashing_encoders import HashingEncoders, binary_codes
 from rs_hashing.features.image_pipeline import load_image
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
-from tests.export import tiny_run
+from tests import tiny_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return tiny_run.make_tiny_run(str(tmp_path_factory.mktemp("tiny")))
+    return tiny_run.make_tiny_run(str(tmp_path_factory.mktemp("tiny")), saved_encoders=True)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from rs_hashing.export import image_sample
 from rs_hashing.export.image_sample import ImageSample
 from tests import testing
-from tests.export import tiny_run
+from tests import tiny_run
 
 
 def test_from_karpathy_spreads_two_disjoint_samples(tmp_path):

@@ -23,7 +23,7 @@ from rs_hashing.export import serving_export
 from rs_hashing.export.hashing_encoders import HashingEncoders, binary_codes
 from rs_hashing.features.image_pipeline import resize_image
 from tests import testing
-from tests.export import tiny_run
+from tests import tiny_run
 
 predict_pb2 = pytest.importorskip("tensorflow_serving.apis.predict_pb2",
                                   reason="tensorflow-serving-api is not installed")

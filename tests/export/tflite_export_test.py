@@ -13,7 +13,7 @@ from rs_hashing.export import edge_encoder, tflite_export
 from rs_hashing.export.hashing_encoders import HashingEncoders
 from rs_hashing.export.image_sample import ImageSample
 from tests import testing
-from tests.export import tiny_run
+from tests import tiny_run
 
 S, K, T = tiny_run.IMAGE_SIZE, tiny_run.BITS, tiny_run.SEQUENCE_LENGTH
 

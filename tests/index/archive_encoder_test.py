@@ -8,14 +8,14 @@ import tensorflow as tf
 from rs_hashing.errors import DatasetError
 from rs_hashing.features.image_pipeline import load_image
 from rs_hashing.index.archive_encoder import ArchiveEncoder, model_fingerprint
-from tests.index import tiny_run
+from tests import tiny_run
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive")
     tiny_run.make_tiny_run(str(root / "run"))
-    names = tiny_run.write_images(str(root / "images"), 6)
+    names = tiny_run.write_tile_folder(str(root / "images"), 6)
     keras.utils.set_random_seed(0)
     encoder = ArchiveEncoder(str(root / "run"))
     return encoder, [str(root / "images" / n) for n in names], root

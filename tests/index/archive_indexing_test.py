@@ -12,7 +12,7 @@ from rs_hashing.index import archive_indexing
 from rs_hashing.index.archive_encoder import ArchiveEncoder
 from rs_hashing.index.hamming_index import HammingIndex
 from tests import testing
-from tests.index import tiny_run
+from tests import tiny_run
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +27,7 @@ def _one_faiss_thread():
 def indexed(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive")
     tiny_run.make_tiny_run(str(root / "run"))
-    tiny_run.write_images(str(root / "images"), 7)
+    tiny_run.write_tile_folder(str(root / "images"), 7)
     (root / "images" / "notes.txt").write_text("not an image")
     (root / "images" / ".hidden.png").write_bytes(b"")
     keras.utils.set_random_seed(0)

@@ -4,7 +4,7 @@ run (tiny_cnn and tiny_bert encoders, 8-bit heads)."""
 
 from rs_hashing.index.hamming_index import HammingIndex
 from tests import testing
-from tests.index import tiny_run
+from tests import tiny_run
 
 def _run(*args):
     return testing.run_module(*args)
@@ -12,7 +12,7 @@ def _run(*args):
 
 def test_index_a_folder_then_search_it_by_image_with_a_contact_sheet(tmp_path):
     run = tiny_run.make_tiny_run(str(tmp_path / "run"))
-    names = tiny_run.write_images(str(tmp_path / "images"), 9)
+    names = tiny_run.write_tile_folder(str(tmp_path / "images"), 9)
     out = str(tmp_path / "archive.index")
     result = _run("train.index_archive", f"--workdir={run}", f"--images={tmp_path / 'images'}",
                   f"--out={out}", "--batch_size=4")

@@ -9,7 +9,7 @@ from PIL import Image
 from rs_hashing.index import archive_indexing
 from rs_hashing.index.archive_encoder import ArchiveEncoder
 from tests import testing
-from tests.index import tiny_run
+from tests import tiny_run
 
 def _search(*args):
     return testing.run_module("train.search", *args)
@@ -17,7 +17,7 @@ def _search(*args):
 
 def test_text_search_prints_top_k_and_writes_a_png_sheet(tmp_path):
     run = tiny_run.make_tiny_run(str(tmp_path / "run"))
-    tiny_run.write_images(str(tmp_path / "images"), 6)
+    tiny_run.write_tile_folder(str(tmp_path / "images"), 6)
     keras.utils.set_random_seed(0)
     encoder = ArchiveEncoder(run)
     root, items = archive_indexing.folder_items(str(tmp_path / "images"))
