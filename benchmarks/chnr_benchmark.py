@@ -21,7 +21,8 @@ runs are reused, so a killed benchmark resumes. Writes
 At p = 0 nothing is corrupted and DUCH trains exactly as the DUCH benchmark's
 `as_intended_64` run; --duch_clean_run=runs/duch_benchmark/as_intended_64 reuses that run
 (after checking that its config differs only in paths and the unused noise fields)
-instead of training it again.
+instead of training it again. --report_only trains nothing and reports the finished runs
+(the others show as "-").
 
 --set key=value overrides any other config field (e.g. for a quick check on a tiny
 store: --preset=smoke --set=dataset=karpathy,caption_file=...,batch_size=8).
@@ -54,6 +55,8 @@ flags.DEFINE_enum("noise_weighting", "threshold", list(config_lib.NOISE_WEIGHTIN
 flags.DEFINE_enum("chnr_loss", "chnr", list(config_lib.CHNR_LOSSES), "CHNR's loss set.")
 flags.DEFINE_string("duch_clean_run", None,
                     "A finished DUCH run on clean pairs with the same settings, reused as DUCH at p = 0.")
+flags.DEFINE_bool("report_only", False,
+                  "Train nothing: write the table and plot from the runs that have finished.")
 flags.DEFINE_list("set", [], "Extra config overrides, key=value (values parsed as Python literals).")
 FLAGS = flags.FLAGS
 
@@ -217,6 +220,8 @@ def main(argv):
             config = run_config(base, method, p, workdir)
             if method == "duch" and p == 0 and FLAGS.duch_clean_run:
                 results[(method, p)] = reuse_clean_duch(config, FLAGS.duch_clean_run)
+            elif FLAGS.report_only and not os.path.exists(os.path.join(workdir, "metrics.json")):
+                print(f"--- {os.path.basename(workdir)}: not finished, left out (--report_only)", flush=True)
             else:
                 results[(method, p)] = train_or_reuse(config, workdir)
 

@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import chnr_benchmark
 from rs_hashing import config as config_lib
-from tests.testing import tiny_config
+from tests.testing import run_module, tiny_config
 
 
 def _finished_run(root: str, config: config_lib.Config, i2t: float) -> str:
@@ -39,3 +39,19 @@ def test_only_duch_at_noise_zero_reuses(tmp_path):
         chnr_benchmark.reuse_clean_duch(tiny_config(noise_rate=0.3), run)
     with pytest.raises(ValueError, match="only DUCH at noise rate 0"):
         chnr_benchmark.reuse_clean_duch(tiny_config(method="chnr"), run)
+
+
+def test_report_only_tabulates_finished_runs_and_trains_nothing(tmp_path):
+    out = tmp_path / "bench"
+    os.makedirs(out / "chnr_noise0.5")
+    with open(out / "chnr_noise0.5" / "metrics.json", "w", encoding="utf-8") as f:
+        json.dump({"map@20": {"i2t": 0.8, "t2i": 0.875}, "realised_noise_rate": 0.4, "train_seconds": 12.0,
+                   "detector": {"roc_auc": 0.95, "roc_auc_unprotected": 0.94, "threshold": 0.5}}, f)
+    result = run_module("benchmarks.chnr_benchmark", "--data_dir=/nowhere", "--features=/nowhere",
+                        f"--out={out}", "--noise_rates=0,0.5", "--report_only", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "duch_noise0.5: not finished, left out" in result.stdout
+    assert sorted(os.listdir(out)) == ["chnr_noise0.5", "map_vs_noise.png", "results.md"]
+    table = (out / "results.md").read_text(encoding="utf-8")
+    assert "| 0.5 | 0.400 | - | - | 0.800 | 0.875 | - | - | 0.950 (0.940) | 0.500 | - | 12 |" in table
+    assert "detector ROC-AUC on the noisy training pairs = 0.950 (target >= 0.90): PASS" in table
