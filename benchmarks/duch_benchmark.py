@@ -75,7 +75,6 @@ def main(argv):
             trainer.train(config, verbose=0)
         with open(metrics_path, encoding="utf-8") as f:
             results[name] = json.load(f)
-        results[name]["epochs"] = config_lib.load_config(workdir).train.epochs
 
     lines = ["| run | bits | epochs | I->T | T->I | I->I | T->T | I->T trunc. | T->I trunc. | train s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
