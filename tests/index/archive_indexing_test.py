@@ -1,7 +1,6 @@
 import os
 import shutil
 
-import faiss
 import keras
 import numpy as np
 import pytest
@@ -13,14 +12,6 @@ from rs_hashing.index.archive_encoder import ArchiveEncoder
 from rs_hashing.index.hamming_index import HammingIndex
 from tests import testing
 from tests import tiny_run
-
-
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # tiny indexes: see hamming_index_test.py
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

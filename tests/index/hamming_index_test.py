@@ -1,22 +1,11 @@
 import struct
 
-import faiss
 import numpy as np
 import pytest
 
 from rs_hashing import metrics
 from rs_hashing.index import hamming_index
 from rs_hashing.index.hamming_index import HammingIndex, pack_codes
-
-
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    # These indexes are tiny; OpenMP threads that spin-wait at every barrier make them
-    # 100x slower when the test machine's cores are busy with other work.
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 def _random_codes(rng, n, bits):

@@ -5,7 +5,6 @@ can be started."""
 import os
 import subprocess
 
-import faiss
 import numpy as np
 import pytest
 
@@ -53,14 +52,6 @@ def archive(dsn, request):
         if not archive._connection.closed:
             archive.drop()
             archive.close()
-
-
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # tiny indexes: see hamming_index_test.py
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 def _random_codes(rng, n, bits):
