@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2
 
 venv: $(STAMP)
 
-$(STAMP): setup.py requirements-weights.txt
+$(STAMP): pyproject.toml setup.py requirements-weights.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -20,7 +20,7 @@ $(STAMP): setup.py requirements-weights.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m train.demo --workdir=$(WORKDIR)
+	$(VENV)/bin/rs-hashing demo --workdir=$(WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -92,7 +92,7 @@ def run_name(method: str, noise_rate: float) -> str:
 
 
 def run_config(base: config_lib.Config, method: str, noise_rate: float, workdir: str) -> config_lib.Config:
-    overrides = {"method": method, "noise_rate": noise_rate, "workdir": workdir}
+    overrides = {"method": method, "noise_rate": noise_rate, "run_dir": workdir}
     if method == "chnr":
         overrides.update(noise_weighting=FLAGS.noise_weighting, chnr_loss=FLAGS.chnr_loss)
     return config_lib.apply_overrides(base, overrides)
@@ -114,7 +114,7 @@ def train_or_reuse(config: config_lib.Config, workdir: str) -> dict:
 
 # Fields that may differ between a reused clean DUCH run and the one this benchmark would
 # train: paths, the noise injection (nothing is corrupted at p = 0) and CHNR-only settings.
-REUSE_IGNORED = {"data_dir", "features", "workdir", "clean_fraction", "noise_rate", "noise_seed",
+REUSE_IGNORED = {"data_dir", "features", "run_dir", "clean_fraction", "noise_rate", "noise_seed",
                  "noise_weighting", "chnr_loss", "detector_hidden", "detector_dropout", "detector_augmented_views",
                  "phase1_epochs", "phase2_epochs", "detector_learning_rate", "detector_weight_decay"}
 

@@ -68,7 +68,7 @@ def main(argv):
         workdir = os.path.join(FLAGS.out, name)
         metrics_path = os.path.join(workdir, "metrics.json")
         if not os.path.exists(metrics_path):
-            config = config_lib.apply_overrides(base, dict(overrides, workdir=workdir))
+            config = config_lib.apply_overrides(base, dict(overrides, run_dir=workdir))
             keras.utils.set_random_seed(config.train.seed)
             tf.config.experimental.enable_op_determinism()
             print(f"=== {name}", flush=True)

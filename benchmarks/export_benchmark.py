@@ -1,6 +1,6 @@
 r"""Image hashing speed, file size and bit agreement: TFLite vs SavedModel vs Keras.
 
-    nice -n 10 python -m benchmarks.export_benchmark --workdir=runs/duch64 [--images=200]
+    nice -n 10 python -m benchmarks.export_benchmark --run_dir=runs/duch64 [--images=200]
 
 On the same RSICD-AID images (from <repo>/../shared/data/rsicd), for this machine:
 
@@ -25,11 +25,14 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401 - the SavedModel's tokenizer ops.
 from absl import app, flags
 
-from rs_hashing.export import edge_encoder, image_sample, serving_export, tflite_export
-from rs_hashing.export.hashing_encoders import HashingEncoders
+from rs_hashing.edge import edge_encoder
+from rs_hashing import config as config_lib
+from rs_hashing.export import serving_export, tflite_export
 from rs_hashing.export.image_sample import ImageSample
+from rs_hashing.hashing_model import HashingModel
 
-flags.DEFINE_string("workdir", None, "Finished run folder.", required=True)
+flags.DEFINE_string("run_dir", None, "Finished run folder.", required=True)
+flags.DEFINE_string("data_dir", "../shared/data/rsicd", "RSICD-AID folder (Karpathy JSON and images).")
 flags.DEFINE_integer("images", 200, "RSICD-AID images to time and compare on.", lower_bound=1)
 flags.DEFINE_integer("calibration_images", 100, "Other RSICD-AID images to calibrate int8 on.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 16, "Images per call, for every runtime.", lower_bound=1)
@@ -57,27 +60,29 @@ def _folder_bytes(path: str) -> int:
 
 def main(argv):
     del argv
-    sample = ImageSample.rsicd_aid(FLAGS.images)
-    calibration = ImageSample.rsicd_aid(FLAGS.calibration_images, offset=0.5)
-    if sample is None:
-        raise SystemExit(f"error: RSICD-AID not found ({image_sample.RSICD_CAPTION_FILE})")
+    data = config_lib.DataConfig(dataset="rsicd", data_dir=FLAGS.data_dir)
+    try:
+        sample = ImageSample.from_dataset(data, FLAGS.images, name="RSICD-AID")
+        calibration = ImageSample.from_dataset(data, FLAGS.calibration_images, offset=0.5, name="RSICD-AID")
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: RSICD-AID not found: {e}") from None
     out = FLAGS.out or tempfile.mkdtemp(prefix="export_benchmark_")
     os.makedirs(out, exist_ok=True)
-    encoders = HashingEncoders.from_workdir(FLAGS.workdir)
+    hashing_model = HashingModel.from_run(FLAGS.run_dir)
     batch, count = FLAGS.batch_size, len(sample.paths)
     encoded = [open(p, "rb").read() for p in sample.paths]
-    pixels = np.stack([encoders.preprocess_image_bytes(b) for b in encoded])
+    pixels = np.stack([hashing_model.preprocess_image_bytes(b) for b in encoded])
     # encode_image_pixels takes uint8 of any size; these are the same images, resized.
     pixels_uint8 = np.round(pixels).astype(np.uint8)
     results = {"machine_cores": os.cpu_count(), "images": sample.source, "batch_size": batch,
-               "bits": encoders.bits, "image_size": encoders.image_size, "rows": {}}
+               "bits": hashing_model.bits, "image_size": hashing_model.image_size, "rows": {}}
     rows = results["rows"]
 
-    reference, speed = _timed(lambda: encoders.image_hash_from_pixels(pixels, batch), count,
-                              lambda: encoders.image_hash_from_pixels(pixels[:batch], batch))
+    reference, speed = _timed(lambda: hashing_model.image_hash_from_pixels(pixels, batch), count,
+                              lambda: hashing_model.image_hash_from_pixels(pixels[:batch], batch))
     rows["keras (pixels)"] = {"images_per_s": speed, "bytes": None}
 
-    export_path = serving_export.export_savedmodel(encoders, os.path.join(out, "serving"), warmup=False)
+    export_path = serving_export.export_savedmodel(hashing_model, os.path.join(out, "serving"), warmup=False)
     signatures = tf.saved_model.load(export_path).signatures
     hashes, speed = _timed(lambda: _batched(signatures["encode_image_pixels"], "image", pixels_uint8, batch), count,
                            lambda: _batched(signatures["encode_image_pixels"], "image", pixels_uint8[:batch], batch))
@@ -88,10 +93,10 @@ def main(argv):
     rows["savedmodel encode_image (JPEG bytes)"] = {
         "images_per_s": speed, "bytes": _folder_bytes(export_path), **tflite_export.agreement(reference, hashes)}
 
-    calibration_pixels = np.stack([encoders.preprocess_image_bytes(open(p, "rb").read()) for p in calibration.paths])
+    calibration_pixels = np.stack([hashing_model.preprocess_image_bytes(open(p, "rb").read()) for p in calibration.paths])
     for quantization in FLAGS.quantizations:
         representative = (lambda: ({"image": calibration_pixels[i:i + 1]} for i in range(len(calibration_pixels))))
-        content = tflite_export.convert(tflite_export.image_hashing_function(encoders), quantization,
+        content = tflite_export.convert(tflite_export.image_hashing_function(hashing_model), quantization,
                                         representative if quantization == "int8" else None)
         path = os.path.join(out, f"codes_{quantization}.tflite")
         with open(path, "wb") as f:

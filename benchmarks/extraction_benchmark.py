@@ -23,7 +23,7 @@ from absl import app, flags
 from rs_hashing import config as config_lib
 from rs_hashing.data.loaders import load_dataset
 from rs_hashing.data.protocol_split import ProtocolSplit
-from rs_hashing.features import extraction
+from rs_hashing.encoders.frozen_encoders import FrozenEncoders
 from rs_hashing.features.feature_extractor import FeatureExtractor
 from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.features.image_pipeline import load_image
@@ -48,9 +48,10 @@ def one_nn_accuracy(references, reference_labels, queries, query_labels) -> floa
 def main(argv):
     del argv
     config = config_lib.apply_overrides(config_lib.get_preset("rsicd"), {
-        "data_dir": FLAGS.data_dir, "extract_batch_size": FLAGS.batch_size})
+        "data_dir": FLAGS.data_dir, "encode_batch_size": FLAGS.batch_size})
     dataset = load_dataset(config.data)
-    image_encoder = extraction.build_image_encoder_from_config(config.features)
+    encoders = FrozenEncoders(config.features)
+    image_encoder = encoders.image
     size = config.features.image_size
     results = {"machine_cores": os.cpu_count(), "batch_size": FLAGS.batch_size}
 
@@ -74,7 +75,7 @@ def main(argv):
                     "extractor_images_per_s": round(piped, 1),
                     "extractor_vs_bare": round(piped / bare, 3)})
 
-    text_encoder = extraction.build_text_encoder(config.features)
+    text_encoder = encoders.text
     texts = sorted(set(dataset.flat_captions()[0]))[:FLAGS.captions]
     text_encoder.encode(texts[:128])  # warm-up
     start = time.perf_counter()

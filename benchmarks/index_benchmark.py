@@ -212,8 +212,8 @@ def bench_archive(kind: str, size: int, centroids: np.ndarray) -> dict:
 def end_to_end(centroids: np.ndarray) -> dict:
     """Typed sentence -> MiniLM -> 64-bit text head -> exact top 20 over 1M codes."""
     from rs_hashing import config as config_lib  # pylint: disable=import-outside-toplevel
-    from rs_hashing.features.feature_store import write_json_atomic  # pylint: disable=import-outside-toplevel
-    from rs_hashing.index.archive_encoder import ArchiveEncoder  # pylint: disable=import-outside-toplevel
+    from rs_hashing.atomic_files import write_json_atomic  # pylint: disable=import-outside-toplevel
+    from rs_hashing.hashing_model import HashingModel  # pylint: disable=import-outside-toplevel
     from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel  # pylint: disable=import-outside-toplevel
 
     config = config_lib.apply_overrides(config_lib.get_preset("demo"), {"bits": BITS})
@@ -225,7 +225,7 @@ def end_to_end(centroids: np.ndarray) -> dict:
     model.save_weights(os.path.join(workdir, "model.weights.h5"))
     write_json_atomic(os.path.join(workdir, "model_config.json"), model.get_config())
     started = time.perf_counter()
-    encoder = ArchiveEncoder(workdir)
+    encoder = HashingModel.from_run(workdir)
     encoder.encode_texts(["warm-up sentence"])
     load_seconds = time.perf_counter() - started
     index = HammingIndex(BITS, kind="flat")
@@ -237,11 +237,11 @@ def end_to_end(centroids: np.ndarray) -> dict:
               "with many cars"]
     sentences = [f"{s} {p} {i}" for i in range(3) for s in subjects for p in places][:250]
     for sentence in sentences[:10]:
-        index.search(encoder.encode_texts([sentence]), 20)
+        index.search(encoder.encode_texts([sentence]).codes, 20)
     total, encode, search = [], [], []
     for sentence in sentences[10:]:
         t0 = time.perf_counter()
-        codes = encoder.encode_texts([sentence])
+        codes = encoder.encode_texts([sentence]).codes
         t1 = time.perf_counter()
         index.search(codes, 20)
         t2 = time.perf_counter()

@@ -5,6 +5,10 @@ A run is described by one `Config` made of four sections (`data`, `features`, `m
 `apply_overrides`; an unknown or ambiguous key is an error, never silently ignored.
 Every run writes its resolved config as `config.json` beside its outputs
 (`save_config`), so a result can be reproduced from its folder alone.
+
+Each field is declared once with `_field(default, help, check)`: its one-line meaning
+and the check of its allowed values live in the field's metadata, where both the
+validation in `__post_init__` and the command-line help (`flag_specs`) read them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 import os
 import typing
 from typing import Any, Mapping
+
+from rs_hashing import atomic_files
 
 DATASETS = ("sentinel2_default", "rsicd", "ucm", "sydney", "rsitmd", "nwpu", "karpathy", "csv")
 METHODS = ("duch", "chnr")
@@ -25,107 +31,171 @@ TEXT_POOLINGS = ("masked_mean", "last4_sum_mean", "cls")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
+class Check:
+    """The allowed values of one field: `describe()` says them in words, calling the
+    check with a field's name and value raises a ValueError that names both."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def allows(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def __call__(self, name: str, value: Any) -> None:
+        if not self.allows(value):
+            raise ValueError(f"{name}={value!r} is not allowed: {self.describe()}")
 
 
-def _check_fraction(name: str, value: float, *, allow_zero: bool, allow_one: bool = False) -> None:
-    low_ok = value > 0 or (allow_zero and value == 0)
-    high_ok = value < 1 or (allow_one and value == 1)
-    if not (low_ok and high_ok):
-        raise ValueError(f"{name}={value!r} must lie in {'[' if allow_zero else '('}0, 1{']' if allow_one else ')'}")
+class OneOf(Check):
+    def __init__(self, choices: tuple[str, ...]):
+        self.choices = tuple(choices)
+
+    def describe(self) -> str:
+        return f"one of {', '.join(self.choices)}"
+
+    def allows(self, value: Any) -> bool:
+        return value in self.choices
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name}={value!r} must be > 0")
+class Range(Check):
+    """A number above `low` (and below `high`); `closed` bounds admit the bound itself."""
+
+    def __init__(self, low: float | None = None, high: float | None = None, *,
+                 low_closed: bool = False, high_closed: bool = False):
+        self.low, self.high, self.low_closed, self.high_closed = low, high, low_closed, high_closed
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'>=' if self.low_closed else '>'} {self.low:g}"
+        return (f"in {'[' if self.low_closed else '('}{self.low:g}, {self.high:g}"
+                f"{']' if self.high_closed else ')'}")
+
+    def allows(self, value: Any) -> bool:
+        low_ok = value >= self.low if self.low_closed else value > self.low
+        if self.high is None:
+            return low_ok
+        return low_ok and (value <= self.high if self.high_closed else value < self.high)
+
+
+class PositiveMultiple(Check):
+    def __init__(self, step: int):
+        self.step = step
+
+    def describe(self) -> str:
+        return f"a positive multiple of {self.step}"
+
+    def allows(self, value: Any) -> bool:
+        return value > 0 and value % self.step == 0
+
+
+class IntegerList(Check):
+    """A tuple of integers, each allowed by `each`."""
+
+    def __init__(self, each: Check):
+        self.each = each
+
+    def describe(self) -> str:
+        return f"a list of integers {self.each.describe()}"
+
+    def allows(self, value: Any) -> bool:
+        return all(self.each.allows(v) for v in value)
+
+
+class Text(Check):
+    """Any text; `description` says what it names (a folder, a file, an encoder)."""
+
+    def __init__(self, description: str):
+        self.description = description
+
+    def describe(self) -> str:
+        return self.description
+
+    def allows(self, value: Any) -> bool:
+        return True
+
+
+POSITIVE = Range(0)
+NON_NEGATIVE = Range(0, low_closed=True)
+
+
+def _field(default: Any, help: str, check: Check | None = None) -> Any:  # pylint: disable=redefined-builtin
+    """A dataclass field with its one-line meaning and the check of its allowed values
+    (None: any value of the field's type)."""
+    return dataclasses.field(default=default, metadata={"help": help, "check": check})
+
+
+def _validate(section: Any) -> None:
+    """Runs every field's check (an unset optional value is not checked)."""
+    for f in dataclasses.fields(section):
+        check, value = f.metadata.get("check"), getattr(section, f.name)
+        if check is not None and value is not None:
+            check(f.name, value)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Which archive to read and how the papers' protocol splits it.
+    """Which archive to read and how the papers' protocol splits it."""
 
-    Attributes:
-      dataset: a name from `DATASETS`. `sentinel2_default` is the embedded demo set
-        (real Sentinel-2 pixels, rule-derived labels, generated captions) built on the
-        user's machine; the caption datasets use the Karpathy JSON layout; `csv` is an
-        image folder plus `image,caption[,label]` rows.
-      data_dir: folder holding the caption file and the image folder. Empty for the
-        embedded default means its cache folder.
-      caption_file: caption JSON or CSV; empty means the single one found in data_dir.
-      image_dir: image folder; empty means the usual name found in data_dir.
-      label_file: optional `filename,label` CSV (or JSON mapping) that overrides the
-        scene classes found in the caption file or in the file names.
-      split_seed: seed of Python's `random` for the papers' split (42 in both papers).
-      caption_seed: seed of the generator that picks one caption per image (42).
-      train_fraction: share of all images used for training (0.5).
-      query_fraction: share of the non-training images used as queries (0.2); the
-        rest form the retrieval database.
-      noise_rate: probability that a training pair's caption is replaced by the caption
-        of a random training image of another class (CHNR experiments).
-      noise_seed: seed of the noise injector.
-      clean_fraction: share of training pairs that are never corrupted; CHNR also uses
-        them as its trusted subset in phase 1.
-    """
-
-    dataset: str = "sentinel2_default"
-    data_dir: str = ""
-    caption_file: str = ""
-    image_dir: str = ""
-    label_file: str = ""
-    split_seed: int = 42
-    caption_seed: int = 42
-    train_fraction: float = 0.5
-    query_fraction: float = 0.2
-    noise_rate: float = 0.0
-    noise_seed: int = 0
-    clean_fraction: float = 0.0
+    dataset: str = _field(
+        "sentinel2_default", "Dataset layout: sentinel2_default is the embedded demo set, the caption "
+        "datasets use the Karpathy JSON layout, csv is an image folder plus image,caption[,label] rows",
+        OneOf(DATASETS))
+    data_dir: str = _field(
+        "", "Folder holding the caption file and the image folder (empty: the embedded default's cache)",
+        Text("a folder"))
+    caption_file: str = _field("", "Caption JSON or CSV (empty: the single one found in data_dir)",
+                               Text("a file"))
+    image_dir: str = _field("", "Image folder (empty: the usual name found in data_dir)", Text("a folder"))
+    label_file: str = _field(
+        "", "Optional filename,label CSV (or JSON mapping) that overrides the scene classes found in the "
+        "caption file or the file names", Text("a file"))
+    split_seed: int = _field(42, "Seed of Python's random for the papers' train/query/database split",
+                             NON_NEGATIVE)
+    caption_seed: int = _field(42, "Seed of the generator that picks one caption per image", NON_NEGATIVE)
+    train_fraction: float = _field(0.5, "Share of all images used for training", Range(0, 1))
+    query_fraction: float = _field(
+        0.2, "Share of the non-training images used as queries; the rest form the retrieval database",
+        Range(0, 1))
+    noise_rate: float = _field(
+        0.0, "Probability that a training pair's caption is replaced by the caption of a random training "
+        "image of another class (CHNR experiments)", Range(0, 1, low_closed=True, high_closed=True))
+    noise_seed: int = _field(0, "Seed of the caption-noise injector", NON_NEGATIVE)
+    clean_fraction: float = _field(
+        0.0, "Share of training pairs never corrupted; CHNR trains its detector on them in phase 1 "
+        "(0.2 when --method=chnr and not set)", Range(0, 1, low_closed=True))
 
     def __post_init__(self) -> None:
-        _check_choice("dataset", self.dataset, DATASETS)
-        _check_fraction("train_fraction", self.train_fraction, allow_zero=False)
-        _check_fraction("query_fraction", self.query_fraction, allow_zero=False)
-        _check_fraction("noise_rate", self.noise_rate, allow_zero=True, allow_one=True)
-        _check_fraction("clean_fraction", self.clean_fraction, allow_zero=True)
+        _validate(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
-    """Frozen pretrained encoders and the feature store they fill.
+    """Frozen pretrained encoders and the feature store they fill."""
 
-    Attributes:
-      image_encoder: `efficientnet_lite0` (offline default), `tiny_cnn` (tests), or a
-        keras-hub / keras.applications name (`resnet18`, `resnet50`, ...).
-      image_weights: `default` (the encoder's usual weights), a local file or folder,
-        or `none` for random weights.
-      text_encoder: `all_minilm_l6_v2` (offline default), `tiny_bert` (tests), a
-        keras-hub preset name (`bert_base_en_uncased`) or a local preset folder.
-      text_pooling: how token states become one vector, from `TEXT_POOLINGS`.
-      image_size: side of the square the encoder sees.
-      sequence_length: tokens per caption, padding included.
-      extract_batch_size: encoder batch size.
-      precision: Keras dtype policy used while extracting.
-      augment_seed: seed of the offline augmented views.
-      features: the feature store folder that training and evaluation read.
-    """
-
-    image_encoder: str = "efficientnet_lite0"
-    image_weights: str = "default"
-    text_encoder: str = "all_minilm_l6_v2"
-    text_pooling: str = "masked_mean"
-    image_size: int = 224
-    sequence_length: int = 64
-    extract_batch_size: int = 64
-    precision: str = "float32"
-    augment_seed: int = 0
-    features: str = ""
+    image_encoder: str = _field(
+        "efficientnet_lite0", "Frozen image encoder: efficientnet_lite0 (offline default), tiny_cnn "
+        "(tests), or a keras-hub / keras.applications name (resnet18, resnet50, ...)",
+        Text("an encoder name"))
+    image_weights: str = _field(
+        "default", "Image encoder weights: default (the encoder's usual weights), a local file or "
+        "folder, or none for random weights",
+        Text("default, none, a file or a folder"))
+    text_encoder: str = _field(
+        "all_minilm_l6_v2", "Frozen text encoder: all_minilm_l6_v2 (offline default), tiny_bert (tests), "
+        "a keras-hub preset name (bert_base_en_uncased) or a local preset folder",
+        Text("an encoder or preset name, or a preset folder"))
+    text_pooling: str = _field("masked_mean", "How the text encoder's token states become one vector",
+                               OneOf(TEXT_POOLINGS))
+    image_size: int = _field(224, "Side in pixels of the square image the encoder sees", POSITIVE)
+    sequence_length: int = _field(64, "Tokens per caption, padding included", POSITIVE)
+    encode_batch_size: int = _field(64, "Images (or captions) per encoder call while extracting", POSITIVE)
+    precision: str = _field("float32", "Keras dtype policy used while extracting", OneOf(PRECISIONS))
+    augment_seed: int = _field(0, "Seed of the offline augmented image and caption views", NON_NEGATIVE)
+    features: str = _field("", "Feature store folder that extraction writes and training reads",
+                         Text("a folder"))
 
     def __post_init__(self) -> None:
-        _check_choice("text_pooling", self.text_pooling, TEXT_POOLINGS)
-        _check_choice("precision", self.precision, PRECISIONS)
-        for name in ("image_size", "sequence_length", "extract_batch_size"):
-            _check_positive(name, getattr(self, name))
+        _validate(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,37 +209,47 @@ class ModelConfig:
     `rs_hashing.models.cross_modal_hashing_model`).
     """
 
-    method: str = "duch"
-    bits: int = 64
-    hidden_dim: int = 4096
-    temperature: float = 1.0
-    variant: str = "as_intended"
-    contrastive_inter_weight: float = 1.0
-    contrastive_intra_image_weight: float = 1.0
-    contrastive_intra_text_weight: float = 1.0
-    adversarial_weight: float | None = None
-    quantization_weight: float | None = None
-    bit_balance_weight: float | None = None
-    gp_weight: float = 10.0
-    noise_weighting: str = "threshold"
-    chnr_loss: str = "chnr"
-    detector_hidden: int = 1280
-    detector_dropout: float = 0.2
+    method: str = _field("duch", "Hashing method: DUCH, or CHNR (DUCH made robust to wrongly paired "
+                         "captions by a noise detector)", OneOf(METHODS))
+    bits: int = _field(64, "Number of bits of each hash code", PositiveMultiple(8))
+    hidden_dim: int = _field(4096, "Width of the hidden layer of the image and text hash heads", POSITIVE)
+    temperature: float = _field(1.0, "Temperature dividing the cosine similarities in the NT-Xent "
+                                "contrastive losses", POSITIVE)
+    variant: str = _field(
+        "as_intended", "as_intended feeds the augmented caption to the text head and applies the "
+        "generator term to the image codes; as_coded reproduces the released DUCH code (augmented "
+        "caption unused, generator term on the text codes)", OneOf(VARIANTS))
+    contrastive_inter_weight: float = _field(1.0, "Weight of the image-text NT-Xent term", NON_NEGATIVE)
+    contrastive_intra_image_weight: float = _field(
+        1.0, "Weight of the NT-Xent term between an image and its augmented view", NON_NEGATIVE)
+    contrastive_intra_text_weight: float = _field(
+        1.0, "Weight of the NT-Xent term between a caption and its augmented view", NON_NEGATIVE)
+    adversarial_weight: float | None = _field(
+        None, "Weight of the adversarial (generator) term; unset: the authors' balance, 0.01",
+        NON_NEGATIVE)
+    quantization_weight: float | None = _field(
+        None, "Weight of the quantisation term; unset: the authors' balance, 0.002 x bits", NON_NEGATIVE)
+    bit_balance_weight: float | None = _field(
+        None, "Weight of the bit-balance term; unset: the authors' balance, 0.02 x bits^2", NON_NEGATIVE)
+    gp_weight: float = _field(10.0, "Weight of the gradient penalty in the discriminators' losses",
+                              NON_NEGATIVE)
+    noise_weighting: str = _field(
+        "threshold", "CHNR: how detector scores become pair weights (the score, its cube, or 1 above "
+        "the detector's threshold and 0 below)", OneOf(NOISE_WEIGHTINGS))
+    chnr_loss: str = _field(
+        "chnr", "CHNR's loss set: chnr (weighted image-text NT-Xent plus quantisation, as the authors) "
+        "or duch (the full DUCH loss set with the same weights)", OneOf(CHNR_LOSSES))
+    detector_hidden: int = _field(1280, "Width of the CHNR noise detector's hidden layer", POSITIVE)
+    detector_dropout: float = _field(0.2, "Dropout rate in the CHNR noise detector",
+                                     Range(0, 1, low_closed=True))
     # Phase-1 detector also trained on the augmented views (4 view combinations, as the
     # authors' code; 4x the cost of a detector step).
-    detector_augmented_views: bool = False
+    detector_augmented_views: bool = _field(
+        False, "Train the CHNR detector on all 4 combinations of original and augmented views (as the "
+        "authors' code; 4x the cost of a detector step)")
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
-        _check_choice("variant", self.variant, VARIANTS)
-        _check_choice("noise_weighting", self.noise_weighting, NOISE_WEIGHTINGS)
-        _check_choice("chnr_loss", self.chnr_loss, CHNR_LOSSES)
-        if self.bits <= 0 or self.bits % 8:
-            raise ValueError(f"bits={self.bits!r} must be a positive multiple of 8")
-        _check_positive("hidden_dim", self.hidden_dim)
-        _check_positive("temperature", self.temperature)
-        _check_fraction("detector_dropout", self.detector_dropout, allow_zero=True)
-        _check_positive("detector_hidden", self.detector_hidden)
+        _validate(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,33 +262,38 @@ class TrainConfig:
     `detector_weight_decay`; CHNR's 1e-4 and 1e-3).
     """
 
-    epochs: int = 100
-    batch_size: int = 256
-    learning_rate: float = 1e-4
+    epochs: int = _field(100, "DUCH training epochs (CHNR uses phase1_epochs and phase2_epochs)", POSITIVE)
+    batch_size: int = _field(256, "Training pairs per batch (the last partial batch is dropped)", POSITIVE)
+    learning_rate: float = _field(1e-4, "Adam learning rate of the hashing networks", POSITIVE)
     # The authors' coupled L2 (torch Adam weight_decay) on the hashing nets, for their
     # batch-sum loss at batch 256; the model applies weight_decay / 512 to our mean loss.
-    weight_decay: float = 5e-4
-    lr_decay: float = 0.8
-    lr_decay_epochs: tuple[int, ...] = (1, 51)
-    caption_mode: str = "one"
-    phase1_epochs: int = 75
-    phase2_epochs: int = 75
-    detector_learning_rate: float = 1e-4
-    detector_weight_decay: float = 1e-3
-    seed: int = 0
-    checkpoint_every: int = 1
-    workdir: str = ""
+    weight_decay: float = _field(
+        5e-4, "Coupled L2 penalty on the hashing networks, as torch Adam's weight_decay on the authors' "
+        "batch-256 summed loss (applied as weight_decay / 512 to our mean loss)", NON_NEGATIVE)
+    lr_decay: float = _field(0.8, "Factor the learning rate is multiplied by after each epoch of "
+                             "lr_decay_epochs", POSITIVE)
+    lr_decay_epochs: tuple[int, ...] = _field(
+        (1, 51), "Epochs after which the learning rate is multiplied by lr_decay",
+        IntegerList(NON_NEGATIVE))
+    caption_mode: str = _field(
+        "one", "Captions trained on: the one chosen per image, a random one of the image's each epoch, "
+        "or every caption as its own pair", OneOf(CAPTION_MODES))
+    phase1_epochs: int = _field(75, "CHNR: epochs of detector and hashing training on the clean subset",
+                                NON_NEGATIVE)
+    phase2_epochs: int = _field(75, "CHNR: epochs of weighted hashing training on all training pairs",
+                                NON_NEGATIVE)
+    detector_learning_rate: float = _field(1e-4, "AdamW learning rate of the CHNR noise detector", POSITIVE)
+    detector_weight_decay: float = _field(1e-3, "Decoupled AdamW weight decay of the CHNR noise detector",
+                                          NON_NEGATIVE)
+    seed: int = _field(0, "Seed of Keras, numpy and Python for training (weights, batches, dropout)",
+                       NON_NEGATIVE)
+    checkpoint_every: int = _field(1, "Save a checkpoint every this many epochs (and after the last)",
+                                   POSITIVE)
+    run_dir: str = _field("", "Run folder: config, checkpoints, history, metrics, codes and plots",
+                          Text("a folder"))
 
     def __post_init__(self) -> None:
-        _check_choice("caption_mode", self.caption_mode, CAPTION_MODES)
-        for name in ("epochs", "batch_size", "learning_rate", "checkpoint_every"):
-            _check_positive(name, getattr(self, name))
-        if any(e < 0 for e in self.lr_decay_epochs):
-            raise ValueError(f"lr_decay_epochs={self.lr_decay_epochs!r} must be >= 0")
-        for name in ("phase1_epochs", "phase2_epochs", "detector_weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
-        _check_positive("detector_learning_rate", self.detector_learning_rate)
+        _validate(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +320,7 @@ PRESETS: dict[str, Config] = {
     "smoke": _preset(
         data=dict(dataset="sentinel2_default"),
         features=dict(image_encoder="tiny_cnn", image_weights="none", text_encoder="tiny_bert",
-                      image_size=32, sequence_length=16, extract_batch_size=32),
+                      image_size=32, sequence_length=16, encode_batch_size=32),
         model=dict(bits=16, hidden_dim=64, detector_hidden=32),
         train=dict(epochs=3, batch_size=32, phase1_epochs=2, phase2_epochs=2, lr_decay_epochs=(1,)),
     ),
@@ -298,6 +383,21 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def _section_field(section: str, name: str) -> dataclasses.Field:
+    return {f.name: f for f in dataclasses.fields(_SECTION_TYPES[section])}[name]
+
+
+def check_value(section: str, name: str, value: Any) -> Any:
+    """`value` as field `section.name` holds it (type-checked, tuples parsed from
+    strings), after the field's check; raises TypeError or ValueError naming the field."""
+    field = _section_field(section, name)
+    value = _coerce(name, value, field.type)
+    check = field.metadata.get("check")
+    if check is not None and value is not None:
+        check(name, value)
+    return value
+
+
 def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
     """Returns `config` with single fields replaced.
 
@@ -320,8 +420,7 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
                 options = ", ".join(f"{s}.{key}" for s in sections)
                 raise KeyError(f"config key {key!r} is ambiguous; use one of {options}")
             section, name = sections[0], key
-        field = {f.name: f for f in dataclasses.fields(_SECTION_TYPES[section])}[name]
-        changes.setdefault(section, {})[name] = _coerce(key, value, field.type)
+        changes.setdefault(section, {})[name] = _coerce(key, value, _section_field(section, name).type)
     replaced = {s: dataclasses.replace(getattr(config, s), **c) for s, c in changes.items()}
     return dataclasses.replace(config, **replaced)
 
@@ -330,24 +429,34 @@ def to_dict(config: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(config)
 
 
+# Fields renamed since older runs wrote their config.json: (section, old name) -> new name.
+LEGACY_KEYS: dict[tuple[str, str], str] = {
+    ("train", "workdir"): "run_dir",
+    ("features", "extract_batch_size"): "encode_batch_size",
+}
+
+
 def from_dict(values: Mapping[str, Mapping[str, Any]]) -> Config:
-    """Inverse of `to_dict`; unknown sections or fields raise."""
+    """Inverse of `to_dict`; unknown sections or fields raise. Fields under an old name
+    (`LEGACY_KEYS`) are read under their new one."""
     unknown = set(values) - set(_SECTION_TYPES)
     if unknown:
         raise KeyError(f"unknown config sections: {', '.join(sorted(unknown))}")
-    flat = {f"{s}.{k}": v for s, section in values.items() for k, v in section.items()}
+    flat = {}
+    for section, fields in values.items():
+        for name, value in fields.items():
+            new_name = LEGACY_KEYS.get((section, name), name)
+            if new_name != name and new_name in fields:
+                raise KeyError(f"config has both {section}.{name} and its new name {section}.{new_name}")
+            flat[f"{section}.{new_name}"] = value
     return apply_overrides(Config(), flat)
 
 
-def save_config(config: Config, workdir: str) -> str:
-    """Writes `workdir/config.json` (atomically) and returns its path."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(to_dict(config), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+def save_config(config: Config, run_dir: str) -> str:
+    """Writes `run_dir/config.json` (atomically) and returns its path."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "config.json")
+    atomic_files.write_json_atomic(path, to_dict(config))
     return path
 
 
@@ -367,21 +476,48 @@ def load_config(path: str) -> Config:
 
 # Fields whose values are restricted to a set of names (entry points make them enums).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": DATASETS, "method": METHODS, "variant": VARIANTS, "caption_mode": CAPTION_MODES,
-    "noise_weighting": NOISE_WEIGHTINGS, "chnr_loss": CHNR_LOSSES, "text_pooling": TEXT_POOLINGS,
-    "precision": PRECISIONS,
+    f.name: f.metadata["check"].choices
+    for cls in _SECTION_TYPES.values() for f in dataclasses.fields(cls)
+    if isinstance(f.metadata.get("check"), OneOf)
 }
 
+_ANY_VALUE = {"bool": "true or false", "integer": "any integer", "float": "any number",
+              "string": "any text", "list": "a list of integers"}
 
-def flag_specs() -> list[tuple[str, str, Any, str]]:
-    """(name, kind, choices, help) for every config field, for entry points to define
-    flags from; every flag defaults to None so that only flags given override."""
+
+@dataclasses.dataclass(frozen=True)
+class FlagSpec:
+    """What an entry point needs to define the flag of one config field.
+
+    Attributes:
+      name: the field (and flag) name, unique across sections.
+      section: `data`, `features`, `model` or `train`.
+      kind: `enum`, `bool`, `integer`, `float`, `list` or `string`.
+      choices: the allowed names of an `enum`, else None.
+      help: the field's one-line meaning.
+      allowed: its allowed values in words (`a positive multiple of 8`).
+      optional: whether the field may be left unset (None).
+    """
+
+    name: str
+    section: str
+    kind: str
+    choices: tuple[str, ...] | None
+    help: str
+    allowed: str
+    optional: bool = False
+
+
+def flag_specs() -> list[FlagSpec]:
+    """One `FlagSpec` for every config field, in section order, for entry points to
+    define flags from; every flag defaults to None so that only flags given override."""
     specs = []
     for section, cls in _SECTION_TYPES.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             hint = hints[f.name]
-            if type(None) in typing.get_args(hint):
+            optional = type(None) in typing.get_args(hint)
+            if optional:
                 hint = next(a for a in typing.get_args(hint) if a is not type(None))
             if f.name in CHOICES:
                 kind = "enum"
@@ -395,8 +531,10 @@ def flag_specs() -> list[tuple[str, str, Any, str]]:
                 kind = "list"
             else:
                 kind = "string"
-            specs.append((f.name, kind, CHOICES.get(f.name), f"Overrides {section}.{f.name} "
-                          f"(preset value otherwise)."))
+            check = f.metadata.get("check")
+            allowed = check.describe() if check is not None else _ANY_VALUE[kind]
+            specs.append(FlagSpec(f.name, section, kind, CHOICES.get(f.name), f.metadata["help"], allowed,
+                                  optional))
     return specs
 
 
@@ -423,6 +561,6 @@ def apply_method_defaults(config: Config, given: Any = ()) -> Config:
 def config_from_flags(preset: str, flag_values: Mapping[str, Any]) -> Config:
     """The preset with every config flag that was given (not None) applied, then the
     method's defaults (`METHOD_DEFAULTS`) for fields left untouched."""
-    known = {name for name, *_ in flag_specs()}
+    known = {spec.name for spec in flag_specs()}
     overrides = {k: v for k, v in flag_values.items() if k in known and v is not None}
     return apply_method_defaults(apply_overrides(get_preset(preset), overrides), given=set(overrides))

@@ -11,3 +11,12 @@ class FeatureStoreError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training cannot continue (for example the loss became NaN)."""
+
+
+class RunFolderError(ValueError):
+    """A run folder that is missing files or holds unreadable ones."""
+
+
+class EncoderMismatchError(ValueError):
+    """A run whose features came from other encoder weights than the ones installed now
+    (another package version or weights fingerprint), so its codes cannot be reproduced."""

@@ -120,13 +120,15 @@ def find_test_files() -> list[str]:
 
 
 def entry_points() -> list[str]:
-    """train/*.py and export/*.py that define main() or call app.run."""
+    """train/*.py and export/*.py that run a command (define main(), call app.run or
+    rs_hashing.cli.run_command)."""
     points = []
     for directory in ENTRY_POINT_DIRS:
         for path in _repo_files(directory, ".py", recursive=False):
             with open(os.path.join(REPO_ROOT, path), encoding="utf-8") as f:
                 source = f.read()
-            if re.search(r"^def main\(", source, re.MULTILINE) or "app.run(" in source:
+            if (re.search(r"^def main\(", source, re.MULTILINE) or "app.run(" in source
+                    or "run_command(" in source):
                 points.append(path)
     return points
 

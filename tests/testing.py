@@ -24,6 +24,14 @@ def has_shared_rsicd() -> bool:
     return os.path.isfile(os.path.join(SHARED_RSICD, "dataset_rsicd.json"))
 
 
+def rsicd_sample(count: int, offset: float = 0.0):
+    """`count` RSICD-AID images with a caption each (exports are measured on them)."""
+    from rs_hashing.export.image_sample import ImageSample  # pylint: disable=import-outside-toplevel
+
+    data = config_lib.DataConfig(dataset="rsicd", data_dir=SHARED_RSICD)
+    return ImageSample.from_dataset(data, count, offset, name="RSICD-AID")
+
+
 def tiny_config(**overrides) -> config_lib.Config:
     base = config_lib.apply_overrides(config_lib.get_preset("smoke"), {
         "bits": TINY["bits"], "hidden_dim": TINY["hidden_dim"], "image_size": TINY["image_size"],
@@ -56,10 +64,11 @@ def write_karpathy(root: str, items: list[dict], image_dir_name: str = "RSICD_im
 
 def run_module(module: str, *args: str, timeout: int = 600, env: dict | None = None):
     """Runs `python -m module args...` from the repository root, as a user would, and
-    returns the CompletedProcess (text output captured, TensorFlow's C++ logging quiet)."""
+    returns the CompletedProcess (text output captured). TensorFlow's C++ start-up
+    logging is left to the command, which keeps it quiet by itself."""
     import subprocess  # pylint: disable=import-outside-toplevel
     import sys  # pylint: disable=import-outside-toplevel
 
-    env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL="3")
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)

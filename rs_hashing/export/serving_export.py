@@ -1,6 +1,6 @@
 """SavedModel export for TF Serving: raw captions and images in, hash codes out.
 
-`export_savedmodel(encoders, export_base)` writes `export_base/<model_name>/<version>/`,
+`export_savedmodel(hashing_model, export_base)` writes `export_base/<model_name>/<version>/`,
 the layout TF Serving polls, with three `keras.export.ExportArchive` endpoints, each
 also a SignatureDef of the same name:
 
@@ -42,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rs_hashing.export.hashing_encoders import HashingEncoders
+from rs_hashing.hashing_model import HashingModel
 from rs_hashing.features.image_pipeline import decode_image, resize_image
 
 DEFAULT_MODEL_NAME = "rs_hashing"
@@ -95,11 +95,11 @@ def _checked(tensor: tf.Tensor, spec: tf.TensorSpec) -> tf.Tensor:
     return tf.ensure_shape(tensor, spec.shape, name=f"check_{spec.name}")
 
 
-def build_export_archive(encoders: HashingEncoders) -> keras.export.ExportArchive:
+def build_export_archive(hashing_model: HashingModel) -> keras.export.ExportArchive:
     """An ExportArchive with the three endpoints (encode_text first, so it is also
     serving_default)."""
-    bits, size, model = encoders.bits, encoders.image_size, encoders.model
-    image_encoder, text_encoder = encoders.image_encoder, encoders.text_encoder
+    bits, size, model = hashing_model.bits, hashing_model.image_size, hashing_model.heads
+    image_encoder, text_encoder = hashing_model.image_encoder, hashing_model.text_encoder
 
     def image_outputs(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         features = image_encoder(pixels, training=False)
@@ -180,33 +180,33 @@ def warmup_records(model_name: str, image_size: int) -> list[bytes]:
     return records
 
 
-def export_info(encoders: HashingEncoders, model_name: str, version: int,
+def export_info(hashing_model: HashingModel, model_name: str, version: int,
                 source: str | None) -> dict[str, Any]:
     """What `assets.extra/rs_hashing_export.json` records."""
     return {
         "model_name": model_name,
         "version": version,
         "source_run": source,
-        "bits": encoders.bits,
-        "image_size": encoders.image_size,
+        "bits": hashing_model.bits,
+        "image_size": hashing_model.image_size,
         "signatures": {name: {spec.name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}
                               for spec in input_specs(name)} for name in SIGNATURES},
         "serving_default": SIGNATURES[0],
         "outputs": list(OUTPUTS),
         "tokenizer_ops": list(TOKENIZER_OPS),
-        "features": dataclasses.asdict(encoders.features),
+        "features": dataclasses.asdict(hashing_model.features),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
 
 
-def export_savedmodel(encoders: HashingEncoders, export_base: str,
+def export_savedmodel(hashing_model: HashingModel, export_base: str,
                       model_name: str = DEFAULT_MODEL_NAME, version: int | None = None,
                       warmup: bool = True, source: str | None = None) -> str:
     """Writes `export_base/model_name/version/` atomically and returns its path.
 
     Args:
-        encoders: the run's encoders and heads.
+        hashing_model: the trained run (`HashingModel.from_run`).
         export_base: the folder a model server is pointed at (created if needed).
         model_name: the model's folder (and the name in the warm-up requests).
         version: an integer version; None takes the next free one.
@@ -222,24 +222,25 @@ def export_savedmodel(encoders: HashingEncoders, export_base: str,
         raise ValueError(f"model_name={model_name!r}: use letters, digits, '_', '-' and '.'")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
         raise ValueError(f"version={version!r} must be a non-negative integer")
+    hashing_model.check_exportable()
     model_dir = os.path.join(export_base, model_name)
     os.makedirs(model_dir, exist_ok=True)
     version = next_version(model_dir) if version is None else version
     final = os.path.join(model_dir, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"{final} already exists; pick another version or leave it unset")
-    records = warmup_records(model_name, encoders.image_size) if warmup else []
+    records = warmup_records(model_name, hashing_model.image_size) if warmup else []
     # A name that is not an integer: TF Serving only loads integer-named versions.
     staging = tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir)
     try:
-        build_export_archive(encoders).write_out(staging, verbose=False)
+        build_export_archive(hashing_model).write_out(staging, verbose=False)
         os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
         if records:
             with tf.io.TFRecordWriter(os.path.join(staging, WARMUP_FILE)) as writer:
                 for record in records:
                     writer.write(record)
         with open(os.path.join(staging, INFO_FILE), "w", encoding="utf-8") as f:
-            json.dump(export_info(encoders, model_name, version, source), f, indent=2)
+            json.dump(export_info(hashing_model, model_name, version, source), f, indent=2)
             f.write("\n")
         # mkdtemp makes the folder private (0700); a server running as another user
         # must be able to read the model.

@@ -1,6 +1,6 @@
 """TFLite export of the image encoder + image head (and the text side from token ids).
 
-`export_tflite(encoders, out_path, quantization)` writes:
+`export_tflite(hashing_model, out_path, quantization)` writes:
 
 * `out_path` (e.g. `codes_fp16.tflite`): signature `serving_default`, input `image`
   float32 [N, S, S, 3] pixels in [0, 255] (resized as in training, see
@@ -39,8 +39,9 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as litert_schema
 from ai_edge_litert.interpreter import Interpreter
 
-from rs_hashing.export import edge_encoder
-from rs_hashing.export.hashing_encoders import HashingEncoders
+from rs_hashing.edge import edge_encoder
+from rs_hashing.atomic_files import write_bytes_atomic
+from rs_hashing.hashing_model import HashingModel
 from rs_hashing.export.image_sample import ImageSample
 from rs_hashing.export.serving_export import code_outputs
 
@@ -53,31 +54,31 @@ class QuantizationRejectedError(ValueError):
     """A quantised model agrees with the Keras model on too few bits to be used."""
 
 
-def image_hashing_function(encoders: HashingEncoders) -> tf.types.experimental.GenericFunction:
+def image_hashing_function(hashing_model: HashingModel) -> tf.types.experimental.GenericFunction:
     """tf.function: `image` float32 [N, S, S, 3] in [0, 255] -> {code, packed, hash}."""
-    size, model, image_encoder = encoders.image_size, encoders.model, encoders.image_encoder
+    size, model, image_encoder = hashing_model.image_size, hashing_model.heads, hashing_model.image_encoder
 
     # No Python control flow on tensors inside: autograph has nothing to convert.
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="image")],
                  autograph=False)
     def image_codes(image):
         features = image_encoder(image, training=False)
-        return code_outputs(model.encode_image(features, training=False), encoders.bits)
+        return code_outputs(model.encode_image(features, training=False), hashing_model.bits)
 
     return image_codes
 
 
-def text_hashing_function(encoders: HashingEncoders) -> tf.types.experimental.GenericFunction:
+def text_hashing_function(hashing_model: HashingModel) -> tf.types.experimental.GenericFunction:
     """tf.function: `token_ids`, `padding_mask` int32 [N, T] -> {code, packed, hash}."""
-    length, model = encoders.features.sequence_length, encoders.model
-    token_model = encoders.text_encoder.token_model()
+    length, model = hashing_model.features.sequence_length, hashing_model.heads
+    token_model = hashing_model.text_encoder.token_model()
 
     @tf.function(input_signature=[tf.TensorSpec([None, length], tf.int32, name="token_ids"),
                                   tf.TensorSpec([None, length], tf.int32, name="padding_mask")],
                  autograph=False)
     def text_codes(token_ids, padding_mask):
         features = token_model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
-        return code_outputs(model.encode_text(features, training=False), encoders.bits)
+        return code_outputs(model.encode_text(features, training=False), hashing_model.bits)
 
     return text_codes
 
@@ -257,12 +258,6 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _write_atomic(path: str, content: bytes) -> None:
-    with open(path + ".tmp", "wb") as f:
-        f.write(content)
-    os.replace(path + ".tmp", path)
-
-
 def text_model_path(out_path: str) -> str:
     """`codes.tflite` -> `codes_text.tflite`."""
     return os.path.splitext(out_path)[0] + "_text.tflite"
@@ -287,7 +282,7 @@ def _edge_agreement(content: bytes, out_path: str, sample: ImageSample, referenc
     file) with the Keras model, for each JPEG decoder available here."""
     decoders = ["pillow"] + (["simplejpeg"] if edge_encoder.jpeg_decoder_used() == "simplejpeg" else [])
     staging = out_path + ".partial"
-    _write_atomic(staging, content)
+    write_bytes_atomic(staging, content)
     try:
         figures = {}
         for decoder in decoders:
@@ -299,10 +294,10 @@ def _edge_agreement(content: bytes, out_path: str, sample: ImageSample, referenc
             "images": sample.source}
 
 
-def _export_text(encoders: HashingEncoders, quantization: str, out_path: str,
+def _export_text(hashing_model: HashingModel, quantization: str, out_path: str,
                  captions: Sequence[str], calibration_captions: Sequence[str],
                  num_threads: int | None) -> dict[str, Any]:
-    tokenize = encoders.text_encoder.tokenize
+    tokenize = hashing_model.text_encoder.tokenize
     representative = None
     if quantization == "int8":
         if not calibration_captions:
@@ -310,14 +305,14 @@ def _export_text(encoders: HashingEncoders, quantization: str, out_path: str,
         tokens = {k: v.numpy() for k, v in tokenize(list(calibration_captions)).items()}
         representative = lambda: ({k: v[i:i + 1] for k, v in tokens.items()}  # noqa: E731
                                   for i in range(len(tokens["token_ids"])))
-    content = convert(text_hashing_function(encoders), quantization, representative)
+    content = convert(text_hashing_function(hashing_model), quantization, representative)
     path = text_model_path(out_path)
     info: dict[str, Any] = {
         "file": os.path.basename(path), "bytes": len(content),
         "operators": edge_encoder.operator_names(content),
-        "inputs": {name: {"dtype": "int32", "shape": [-1, encoders.features.sequence_length]}
+        "inputs": {name: {"dtype": "int32", "shape": [-1, hashing_model.features.sequence_length]}
                    for name in ("token_ids", "padding_mask")},
-        "tokenizer": {"text_encoder": encoders.features.text_encoder,
+        "tokenizer": {"text_encoder": hashing_model.features.text_encoder,
                       "note": "run TextEncoder.tokenize (BERT WordPiece, lower-cased, accents "
                               "stripped, [CLS] ... [SEP], padded with 0) outside the model"},
         "agreement": None, "written": True,
@@ -325,7 +320,7 @@ def _export_text(encoders: HashingEncoders, quantization: str, out_path: str,
     if captions:
         tokens = {k: v.numpy() for k, v in tokenize(list(captions)).items()}
         hashes = run_tflite(content, tokens, num_threads=num_threads)["hash"]
-        info["agreement"] = agreement(encoders.text_hash(list(captions)), hashes)
+        info["agreement"] = agreement(hashing_model.text_hash(list(captions)), hashes)
         refusal = _refuse_if_poor(quantization, info["agreement"], "text model")
         if refusal:
             info.update(written=False, refused=refusal)
@@ -333,11 +328,11 @@ def _export_text(encoders: HashingEncoders, quantization: str, out_path: str,
     elif quantization == "int8":
         info.update(written=False, refused="int8 text model refused: no captions to measure agreement on")
         return info
-    _write_atomic(path, content)
+    write_bytes_atomic(path, content)
     return info
 
 
-def export_tflite(encoders: HashingEncoders, out_path: str, quantization: str = "fp32",
+def export_tflite(hashing_model: HashingModel, out_path: str, quantization: str = "fp32",
                   sample: ImageSample | None = None, calibration: ImageSample | None = None,
                   text: bool = True, num_threads: int | None = None,
                   source: str | None = None) -> dict[str, Any]:
@@ -345,7 +340,7 @@ def export_tflite(encoders: HashingEncoders, out_path: str, quantization: str = 
     report that is also written to `<stem>.json`.
 
     Args:
-        encoders: the run's encoders and heads.
+        hashing_model: the trained run (`HashingModel.from_run`).
         out_path: the image model's .tflite path.
         quantization: `fp32`, `fp16` or `int8`.
         sample: images (and captions) to measure agreement on; None measures nothing.
@@ -363,6 +358,7 @@ def export_tflite(encoders: HashingEncoders, out_path: str, quantization: str = 
     """
     if not out_path.endswith(".tflite"):
         raise ValueError(f"out={out_path!r} must end in .tflite")
+    hashing_model.check_exportable()
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
     if quantization == "int8" and (calibration is None or not calibration.paths):
@@ -373,17 +369,17 @@ def export_tflite(encoders: HashingEncoders, out_path: str, quantization: str = 
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     representative = None
     if quantization == "int8":
-        pixels = np.stack([encoders.preprocess_image_bytes(_read(p)) for p in calibration.paths])
+        pixels = np.stack([hashing_model.preprocess_image_bytes(_read(p)) for p in calibration.paths])
         representative = lambda: ({"image": pixels[i:i + 1]} for i in range(len(pixels)))  # noqa: E731
-    content = convert(image_hashing_function(encoders), quantization, representative)
+    content = convert(image_hashing_function(hashing_model), quantization, representative)
     report: dict[str, Any] = {
         "file": os.path.basename(out_path),
         "bytes": len(content),
         "quantization": quantization,
-        "bits": encoders.bits,
-        "image_size": encoders.image_size,
+        "bits": hashing_model.bits,
+        "image_size": hashing_model.image_size,
         "signature": SIGNATURE_KEY,
-        "inputs": {"image": {"dtype": "float32", "shape": [-1, encoders.image_size, encoders.image_size, 3],
+        "inputs": {"image": {"dtype": "float32", "shape": [-1, hashing_model.image_size, hashing_model.image_size, 3],
                              "range": [0, 255]}},
         "outputs": {"code": "int8 +-1 [N, K]", "packed": "uint8 [N, K/8], numpy.packbits(code > 0)",
                     "hash": "float32 [N, K]"},
@@ -393,14 +389,14 @@ def export_tflite(encoders: HashingEncoders, out_path: str, quantization: str = 
         "calibration_images": len(calibration.paths) if quantization == "int8" else 0,
         "min_int8_bit_agreement": MIN_INT8_AGREEMENT,
         "source_run": source,
-        "features": dataclasses.asdict(encoders.features),
+        "features": dataclasses.asdict(hashing_model.features),
         "tensorflow": tf.__version__,
         "written": False,
     }
     refusal = None
     if sample is not None and sample.paths:
-        pixels = np.stack([encoders.preprocess_image_bytes(_read(p)) for p in sample.paths])
-        reference = encoders.image_hash_from_pixels(pixels)
+        pixels = np.stack([hashing_model.preprocess_image_bytes(_read(p)) for p in sample.paths])
+        reference = hashing_model.image_hash_from_pixels(pixels)
         converted = run_tflite(content, {"image": pixels}, num_threads=num_threads)
         report["agreement"] = {**agreement(reference, converted["hash"]), "images": sample.source,
                                "max_abs_hash_difference": float(np.abs(reference - converted["hash"]).max())}
@@ -408,11 +404,11 @@ def export_tflite(encoders: HashingEncoders, out_path: str, quantization: str = 
         if refusal is None:
             report["edge_agreement"] = _edge_agreement(content, out_path, sample, reference, num_threads)
     if refusal is None:
-        _write_atomic(out_path, content)
+        write_bytes_atomic(out_path, content)
         report["written"] = True
         if text:
             report["text_model"] = _export_text(
-                encoders, quantization, out_path, sample.captions if sample else (),
+                hashing_model, quantization, out_path, sample.captions if sample else (),
                 calibration.captions if calibration else (), num_threads)
     else:
         report["refused"] = refusal

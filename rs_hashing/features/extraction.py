@@ -1,39 +1,29 @@
-"""Builds the encoders and augmenters a `FeatureConfig` names and extracts a store."""
+"""Extracts a dataset's feature store with the frozen encoders a `FeatureConfig` names."""
 
 from __future__ import annotations
 
-import keras
+import os
 
 from rs_hashing import config as config_lib
 from rs_hashing.data.caption_augmenter import CaptionAugmenter
 from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.data.image_augmenter import ImageAugmenter
+from rs_hashing.encoders.frozen_encoders import FrozenEncoders
+from rs_hashing.errors import FeatureStoreError
 from rs_hashing.features.feature_extractor import FeatureExtractor
-from rs_hashing.features.feature_store import FeatureStore
-from rs_hashing.models.image_encoder import build_image_encoder
-from rs_hashing.models.text_encoder import TextEncoder
+from rs_hashing.features.feature_store import MANIFEST, FeatureStore
 
-DEFAULT_TEXT_ENCODER = "all_minilm_l6_v2"
-TINY_TEXT_ENCODER = "tiny_bert"
-
-
-def build_text_encoder(features: config_lib.FeatureConfig) -> TextEncoder:
-    """`all_minilm_l6_v2` (the offline default), `tiny_bert` (tests), or a keras-hub
-    preset name or local preset folder."""
-    if features.text_encoder == TINY_TEXT_ENCODER:
-        return TextEncoder.tiny(sequence_length=features.sequence_length, pooling=features.text_pooling)
-    preset = None if features.text_encoder == DEFAULT_TEXT_ENCODER else features.text_encoder
-    return TextEncoder(preset=preset, sequence_length=features.sequence_length, pooling=features.text_pooling)
+# Manifest fields that describe how features were made; a complete store whose manifest
+# agrees on all of them is reused instead of extracted again.
+ENCODER_INFO_KEYS = ("image_encoder", "image_weights", "image_size", "text_encoder", "text_pooling",
+                     "sequence_length", "augment_seed", "image_augmenter", "caption_augmenter",
+                     "precision", "encoders")
 
 
-def build_image_encoder_from_config(features: config_lib.FeatureConfig) -> keras.Model:
-    weights = None if features.image_weights.lower() == "none" else features.image_weights
-    return build_image_encoder(features.image_encoder, weights=weights, image_size=features.image_size)
-
-
-def encoder_info(features: config_lib.FeatureConfig, image_augmenter: ImageAugmenter,
-                 caption_augmenter: CaptionAugmenter) -> dict:
-    """What the manifest records about how the features were made."""
+def encoder_info(features: config_lib.FeatureConfig, encoders: FrozenEncoders,
+                 image_augmenter: ImageAugmenter, caption_augmenter: CaptionAugmenter) -> dict:
+    """What the manifest records about how the features were made, the encoders'
+    identity (package, version, weights fingerprint) included."""
     return {
         "image_encoder": features.image_encoder,
         "image_weights": features.image_weights,
@@ -41,27 +31,49 @@ def encoder_info(features: config_lib.FeatureConfig, image_augmenter: ImageAugme
         "text_encoder": features.text_encoder,
         "text_pooling": features.text_pooling,
         "sequence_length": features.sequence_length,
+        "precision": features.precision,
         "augment_seed": features.augment_seed,
         "image_augmenter": image_augmenter.get_config(),
         "caption_augmenter": caption_augmenter.get_config(),
+        "encoders": encoders.identity(),
     }
 
 
-def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir: str,
-                     progress: bool = True) -> tuple[FeatureStore, FeatureExtractor]:
-    """Extracts (or resumes extracting) the features of `dataset` into `out_dir`."""
-    features = config.features
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(features.precision)
+def _finished_store(out_dir: str, dataset: CaptionDataset, info: dict) -> FeatureStore | None:
+    """The complete store in `out_dir` if it was made from this data with these
+    encoders and settings, else None."""
+    if not os.path.isfile(os.path.join(out_dir, MANIFEST)):
+        return None
     try:
-        image_encoder = build_image_encoder_from_config(features)
-        text_encoder = build_text_encoder(features)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
+        store = FeatureStore.open(out_dir, dataset)
+    except FeatureStoreError:
+        return None
+    made_with = {key: store.manifest.get(key) for key in ENCODER_INFO_KEYS}
+    return store if made_with == {key: info.get(key) for key in ENCODER_INFO_KEYS} else None
+
+
+def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir: str,
+                     progress: bool = True, encoders: FrozenEncoders | None = None) -> FeatureStore:
+    """Extracts (or resumes extracting) the features of `dataset` into `out_dir`; a
+    finished store of the same data and encoder settings is reused as it is.
+
+    Args:
+        config: the run configuration (its `features` section is used).
+        dataset: the caption dataset.
+        out_dir: the feature store folder.
+        progress: show progress bars.
+        encoders: the config's encoders, when the caller already has them (built on
+            first use otherwise; a reused store builds none).
+    """
+    features = config.features
+    encoders = encoders or FrozenEncoders(features, dtype_policy=features.precision)
     image_augmenter = ImageAugmenter(seed=features.augment_seed)
     caption_augmenter = CaptionAugmenter(seed=features.augment_seed)
+    info = encoder_info(features, encoders, image_augmenter, caption_augmenter)
+    finished = _finished_store(out_dir, dataset, info)
+    if finished is not None:
+        return finished
     extractor = FeatureExtractor(
-        image_encoder, text_encoder, features.image_size, image_augmenter.augment,
-        caption_augmenter.augment, batch_size=features.extract_batch_size, progress=progress)
-    info = encoder_info(features, image_augmenter, caption_augmenter)
-    return extractor.extract(dataset, out_dir, info), extractor
+        encoders.image, encoders.text, features.image_size, image_augmenter.augment,
+        caption_augmenter.augment, batch_size=features.encode_batch_size, progress=progress)
+    return extractor.extract(dataset, out_dir, info)

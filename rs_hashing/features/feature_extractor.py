@@ -22,9 +22,9 @@ import tensorflow as tf
 from PIL import Image
 from tqdm.auto import tqdm
 
+from rs_hashing.atomic_files import save_array_atomic, write_json_atomic
 from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.errors import DatasetError
-from rs_hashing.features import feature_store
 from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.features.image_pipeline import decode_image, resize_image
 
@@ -129,7 +129,7 @@ class FeatureExtractor:
                 parts.append(np.load(path))
             else:
                 parts.append(np.asarray(self.text_encoder.encode(chunk, batch_size=self.text_batch_size), np.float32))
-                feature_store.save_array_atomic(path, parts[-1])
+                save_array_atomic(path, parts[-1])
             bar.update(len(chunk))
         return np.concatenate(parts)
 
@@ -158,7 +158,7 @@ class FeatureExtractor:
                     image_seconds += time.perf_counter() - t
                     images_done += stop - start
                     for path, array in zip(paths, (features, features_aug)):
-                        feature_store.save_array_atomic(path, array)
+                        save_array_atomic(path, array)
                     computed += 1
                 image_parts.append(features)
                 image_aug_parts.append(features_aug)
@@ -178,9 +178,7 @@ class FeatureExtractor:
             "text": unique_features[[position[x] for x in texts]],
             "text_aug": unique_features[[position[x] for x in texts_aug]],
         }
-        with open(os.path.join(out_dir, "captions.json.tmp"), "w", encoding="utf-8") as f:
-            json.dump({"text": texts, "text_aug": texts_aug}, f)
-        os.replace(os.path.join(out_dir, "captions.json.tmp"), os.path.join(out_dir, "captions.json"))
+        write_json_atomic(os.path.join(out_dir, "captions.json"), {"text": texts, "text_aug": texts_aug})
         seconds = time.perf_counter() - started
         report = ExtractionReport(
             seconds=seconds,
@@ -209,4 +207,4 @@ class FeatureExtractor:
                     f"{out_dir}: holds shards of another extraction (other data or encoder settings); "
                     "choose a new output folder or delete it")
         else:
-            feature_store.write_json_atomic(path, key)
+            write_json_atomic(path, key)

@@ -22,31 +22,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
 
 import numpy as np
 
+from rs_hashing.atomic_files import save_array_atomic, write_json_atomic
 from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.errors import FeatureStoreError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = ("image", "image_aug", "text", "text_aug")
-
-
-def write_json_atomic(path: str, values: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(values, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def save_array_atomic(path: str, array: np.ndarray) -> None:
-    """Writes an .npy file so that a killed process never leaves half of one."""
-    tmp = path + ".tmp.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass(frozen=True)

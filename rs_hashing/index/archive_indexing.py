@@ -1,6 +1,6 @@
 """Indexing an image archive with a trained run, and searching it by text or image.
 
-The library side of `train.index_archive` and `train.search`:
+The library side of `rs-hashing index` and `rs-hashing search`:
 
 * `folder_items` / `dataset_items` list an archive (a folder of images, or a caption
   dataset with its captions and classes) as per-image metadata dicts;
@@ -20,18 +20,55 @@ from typing import Any
 from rs_hashing import config as config_lib
 from rs_hashing.data.loaders import load_dataset
 from rs_hashing.errors import DatasetError
-from rs_hashing.index.archive_encoder import ArchiveEncoder
+from rs_hashing.hashing_model import HashingModel
 from rs_hashing.index.hamming_index import DEFAULT_APPROXIMATE_ABOVE, HammingIndex
 
 # What tf.io.decode_image reads (the preprocessing shared with training).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
-def folder_items(folder: str) -> tuple[str, list[dict[str, str]]]:
-    """Every image under `folder` (recursively, sorted, hidden entries skipped).
+def files_items(paths: Sequence[str], root: str | None = None) -> tuple[str, list[dict[str, str]]]:
+    """Every image among `paths`: image files as given, folders searched recursively
+    (sorted, hidden entries skipped). Files of other types inside folders are skipped and
+    counted on stdout; a named file that is not an image is an error.
 
     Returns:
-        (absolute folder, [{"file": path relative to the folder}]).
+        (root, [{"file": path relative to root}]) sorted by that path; root is the
+        given one or else the deepest folder holding every image.
+
+    Raises:
+        DatasetError: a path that does not exist, a named file that is not an image, or
+            no image at all.
+    """
+    files, skipped = [], 0
+    for path in paths:
+        path = os.path.abspath(path)
+        if os.path.isdir(path):
+            for directory, subdirectories, names in os.walk(path):
+                subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+                for name in names:
+                    if name.startswith("."):
+                        continue
+                    if name.lower().endswith(IMAGE_EXTENSIONS):
+                        files.append(os.path.join(directory, name))
+                    else:
+                        skipped += 1
+        elif os.path.isfile(path):
+            if not path.lower().endswith(IMAGE_EXTENSIONS):
+                raise DatasetError(f"{path}: not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+            files.append(path)
+        else:
+            raise DatasetError(f"{path}: no such image file or folder")
+    if not files:
+        raise DatasetError(f"{', '.join(paths)}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    if skipped:
+        print(f"skipped {skipped} file(s) that are not images ({', '.join(IMAGE_EXTENSIONS)})")
+    root = os.path.abspath(root) if root else os.path.commonpath([os.path.dirname(f) for f in files])
+    return root, [{"file": name} for name in sorted({os.path.relpath(f, root) for f in files})]
+
+
+def folder_items(folder: str) -> tuple[str, list[dict[str, str]]]:
+    """Every image under `folder` (see `files_items`), relative to the folder itself.
 
     Raises:
         DatasetError: the folder does not exist or holds no image.
@@ -39,15 +76,7 @@ def folder_items(folder: str) -> tuple[str, list[dict[str, str]]]:
     root = os.path.abspath(folder)
     if not os.path.isdir(root):
         raise DatasetError(f"{folder}: image folder does not exist")
-    files = []
-    for directory, subdirectories, names in os.walk(root):
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        for name in names:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                files.append(os.path.relpath(os.path.join(directory, name), root))
-    if not files:
-        raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return root, [{"file": f} for f in sorted(files)]
+    return files_items([root], root=root)
 
 
 def dataset_items(data_config: config_lib.DataConfig) -> tuple[str, list[dict[str, str]]]:
@@ -80,7 +109,7 @@ def data_config_for_archive(run_config: config_lib.Config, preset: str | None = 
     return config_lib.apply_overrides(base, given).data
 
 
-def index_archive(encoder: ArchiveEncoder, root: str, items: Sequence[Mapping[str, Any]],
+def index_archive(model: HashingModel, root: str, items: Sequence[Mapping[str, Any]],
                   out_path: str, batch_size: int | None = None, progress: bool = True,
                   kind: str = "auto", nlist: int | None = None, nprobe: int | None = None,
                   source: str = "",
@@ -88,11 +117,11 @@ def index_archive(encoder: ArchiveEncoder, root: str, items: Sequence[Mapping[st
     """Encodes the images of `items` (paths relative to `root`) and saves the index.
 
     Args:
-        encoder: the run's encoder.
+        model: the trained run.
         root: folder the item file names are relative to.
         items: metadata per image, each with a "file" key; ids are their positions.
         out_path: index file to write.
-        batch_size, progress: passed to `ArchiveEncoder.encode_image_files`.
+        batch_size, progress: passed to `HashingModel.encode_images`.
         kind, nlist, nprobe, approximate_above: passed to `HammingIndex`.
         source: a few words on where the images came from (kept in the index info).
 
@@ -101,36 +130,36 @@ def index_archive(encoder: ArchiveEncoder, root: str, items: Sequence[Mapping[st
     """
     paths = [os.path.join(root, item["file"]) for item in items]
     started = time.perf_counter()
-    codes = encoder.encode_image_files(paths, batch_size=batch_size, progress=progress)
-    info = {"run": os.path.abspath(encoder.workdir), "model": encoder.fingerprint(),
+    codes = model.encode_images(paths, batch_size=batch_size, progress=progress).codes
+    info = {"run": os.path.abspath(model.run_dir), "model": model.fingerprint(),
             "image_root": os.path.abspath(root), "source": source,
-            "image_size": encoder.image_size,
+            "image_size": model.image_size,
             "encode_seconds": round(time.perf_counter() - started, 2)}
-    index = HammingIndex(encoder.bits, kind=kind, approximate_above=approximate_above,
+    index = HammingIndex(model.bits, kind=kind, approximate_above=approximate_above,
                          nlist=nlist, nprobe=nprobe, info=info)
     index.add(codes, metadata=[dict(item) for item in items])
     index.save(out_path)
     return index
 
 
-def open_index(path: str, encoder: ArchiveEncoder) -> HammingIndex:
-    """Loads an index for searching with `encoder`'s run.
+def open_index(path: str, model: HashingModel) -> HammingIndex:
+    """Loads an index for searching with `model`'s run.
 
     Raises:
         ValueError: the file is not a valid index (see `HammingIndex.load`), its codes
             have another length, or it was made with other weights.
     """
-    index = HammingIndex.load(path, bits=encoder.bits)
+    index = HammingIndex.load(path, bits=model.bits)
     recorded = index.info.get("model")
-    if recorded and recorded != encoder.fingerprint():
+    if recorded and recorded != model.fingerprint():
         raise ValueError(
             f"{path}: was made with the run {index.info.get('run')} (weights {recorded}), "
-            f"not with {encoder.workdir} (weights {encoder.fingerprint()}); its codes cannot "
-            "be compared: rebuild it with train.index_archive")
+            f"not with {model.run_dir} (weights {model.fingerprint()}); its codes cannot "
+            "be compared: rebuild it with `rs-hashing index`")
     return index
 
 
-def search_archive(encoder: ArchiveEncoder, index: HammingIndex, text: str | None = None,
+def search_archive(model: HashingModel, index: HammingIndex, text: str | None = None,
                    image: str | None = None, k: int = 10) -> list[dict[str, Any]]:
     """Top k archive items for one sentence or one image file (exactly one of them).
 
@@ -140,7 +169,7 @@ def search_archive(encoder: ArchiveEncoder, index: HammingIndex, text: str | Non
     if (text is None) == (image is None):
         raise ValueError("give exactly one of text and image")
     if text is not None:
-        codes = encoder.encode_texts([text])
+        codes = model.encode_texts([text]).codes
     else:
-        codes = encoder.encode_image_files([image])
+        codes = model.encode_images([image]).codes
     return index.search_items(codes, k)[0]

@@ -60,6 +60,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from rs_hashing import metrics
+from rs_hashing.atomic_files import atomic_open
 
 MAGIC = b"RSHAMIDX"
 FORMAT_VERSION = 1
@@ -560,12 +561,10 @@ class HammingIndex:
             digest.update(part)
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes), digest.digest()))
             for part in (header_bytes, faiss_bytes, ids_bytes, metadata_bytes):
                 f.write(part)
-        os.replace(tmp, path)
         return path
 
     @classmethod

@@ -68,6 +68,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from rs_hashing.codes import binarize
+
 from rs_hashing.losses.adversarial import discriminator_loss, generator_loss
 from rs_hashing.losses.bit_balance import bit_balance_loss
 from rs_hashing.losses.nt_xent import nt_xent_loss
@@ -289,12 +291,6 @@ class CrossModalHashingModel(keras.Model):
     def encode_text(self, features: Any, training: bool = False) -> Any:
         """Continuous text codes in (-1, 1), shape [N, bits], from [N, text_dim]."""
         return self.text_head(features, training=training)
-
-    @staticmethod
-    def binarize(codes: Any) -> Any:
-        """sign(codes) as float +-1, with sign(0) = +1 so every bit is a valid bit."""
-        codes = ops.convert_to_tensor(codes)
-        return ops.where(codes >= 0, ops.ones_like(codes), -ops.ones_like(codes))
 
     def _check_batch(self, batch: Any, require_index: bool) -> None:
         if not isinstance(batch, Mapping):
@@ -659,7 +655,7 @@ class CrossModalHashingModel(keras.Model):
                 )
             codes = self.encode_views(batch, training=False)
             mean_codes = sum(codes[name] for name in VIEW_CODE_NAMES) / len(VIEW_CODE_NAMES)
-            table[index] = ops.convert_to_numpy(self.binarize(mean_codes))
+            table[index] = ops.convert_to_numpy(binarize(mean_codes))
         self.binary_targets.assign(table)
         return table
 

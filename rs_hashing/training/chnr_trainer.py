@@ -50,7 +50,7 @@ import tensorflow as tf
 from rs_hashing import config as config_lib
 from rs_hashing import plots
 from rs_hashing.data.noisy_pairs import NoisyPairs
-from rs_hashing.features.feature_store import write_json_atomic
+from rs_hashing.atomic_files import write_json_atomic
 from rs_hashing.models.noise_detector import NoiseDetector
 from rs_hashing.models.noise_detector_trainer import NoiseDetectorTrainer
 from rs_hashing.training import noise_weights, trainer
@@ -189,7 +189,7 @@ def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: i
 
     Args:
       config: the resolved configuration (`clean_fraction` > 0, `phase1_epochs` >= 1).
-      workdir: run folder (defaults to `config.train.workdir`).
+      workdir: run folder (defaults to `config.train.run_dir`).
       verbose: Keras fit verbosity (1 = progress bar, 2 = a line per epoch).
     Returns: the content of metrics.json, with the detector's summary under "detector".
     """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from rs_hashing import metrics
+from rs_hashing.codes import binarize
 from rs_hashing.data.protocol_split import ProtocolSplit
 from rs_hashing.features.feature_store import FeatureStore
 
@@ -25,11 +26,6 @@ def retrieval_features(store: FeatureStore, split: ProtocolSplit) -> dict[str, n
         out[f"{part}_text"] = np.asarray(store.text[split.chosen_caption_index(offsets, images)], np.float32)
         out[f"{part}_labels"] = np.asarray(store.labels[images])
     return out
-
-
-def binarize(continuous_codes) -> np.ndarray:
-    """sign() with 0 -> +1, as int8 +-1."""
-    return np.where(np.asarray(continuous_codes) >= 0, 1, -1).astype(np.int8)
 
 
 def encode_sets(model, features: dict[str, np.ndarray], batch_size: int = 1024) -> dict[str, np.ndarray]:

@@ -10,6 +10,8 @@ the work directory:
     tensorboard/           TensorBoard logs
     noise.json             realised noise rate and corrupted pair indices (if any)
     model.weights.h5       final weights, with model_config.json to rebuild the model
+    encoders.json          identity of the encoders that made the features (package,
+                           version, weights fingerprint), checked when the run is loaded
     metrics.json           mAP@k (authors' and truncated), precision@k, wall time
     codes.npz              binary codes and labels of the query and database sets
     pr_curves.json, pr_curve.png, training_curves.png
@@ -18,7 +20,6 @@ the work directory:
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
@@ -34,7 +35,10 @@ from rs_hashing.data.loaders import load_dataset
 from rs_hashing.data.noisy_pairs import NoisyPairs
 from rs_hashing.data.protocol_split import ProtocolSplit
 from rs_hashing.errors import TrainingError
-from rs_hashing.features.feature_store import FeatureStore, write_json_atomic
+from rs_hashing.atomic_files import atomic_path, savez_atomic, write_json_atomic
+from rs_hashing.data.caption_dataset import CaptionDataset
+from rs_hashing.encoders.encoder_identity import encoder_identity
+from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 from rs_hashing.training import evaluation
 from rs_hashing.training.binary_target_updater import BinaryTargetUpdater
@@ -140,11 +144,13 @@ def _read_history(path: str) -> dict[str, list[float]]:
     return history
 
 
-def prepare(config: config_lib.Config):
-    """Dataset, validated feature store, protocol split and noise of a config."""
-    dataset = load_dataset(config.data, check_images=False)
+def prepare(config: config_lib.Config, dataset: CaptionDataset | None = None):
+    """Dataset (loaded unless given), validated feature store, protocol split and noise
+    of a config."""
+    dataset = dataset if dataset is not None else load_dataset(config.data, check_images=False)
     if not config.features.features:
-        raise ValueError("features is empty: give the feature store folder (train.extract_features --out)")
+        raise ValueError("features is empty: give the feature store folder (--features, as written by "
+                         "`rs-hashing extract-features`)")
     store = FeatureStore.open(config.features.features, dataset)
     split = ProtocolSplit.for_dataset(dataset, config.data)
     noise = None
@@ -156,9 +162,9 @@ def prepare(config: config_lib.Config):
 
 def start_run(config: config_lib.Config, workdir: str | None) -> str:
     """The run folder (`workdir` or the config's), created, with config.json written."""
-    workdir = workdir or config.train.workdir
+    workdir = workdir or config.train.run_dir
     if not workdir:
-        raise ValueError("workdir is empty: give the run folder")
+        raise ValueError("run_dir is empty: give the run folder (--run_dir)")
     os.makedirs(workdir, exist_ok=True)
     config_lib.save_config(config, workdir)
     return workdir
@@ -221,15 +227,21 @@ def fit_hashing(model: CrossModalHashingModel, pairs: TrainingPairs, config: con
 
 def finish_run(model: CrossModalHashingModel, config: config_lib.Config, store: FeatureStore, split: ProtocolSplit,
                workdir: str, extra: dict) -> dict:
-    """Writes final weights, evaluation (metrics.json with `extra` added, codes, PR
-    curves) and plots of a trained hashing model; returns the metrics."""
-    model.save_weights(os.path.join(workdir, "model.weights.h5"))
+    """Writes final weights, the encoders' identity, evaluation (metrics.json with `extra`
+    added, codes, PR curves) and plots of a trained hashing model; returns the metrics."""
+    with atomic_path(os.path.join(workdir, "model.weights.h5")) as path:
+        model.save_weights(path)
     write_json_atomic(os.path.join(workdir, "model_config.json"), model.get_config())
+    # The identity of the encoders that made the features: a HashingModel refuses to
+    # load the run against other installed weights. Stores made before it was recorded
+    # give the identity of the encoders installed now.
+    write_json_atomic(os.path.join(workdir, "encoders.json"),
+                      store.manifest.get("encoders") or encoder_identity(config.features))
     results, curves, codes = evaluation.evaluate_model(model, store, split)
     results.update(extra)
     write_json_atomic(os.path.join(workdir, "metrics.json"), results)
     write_json_atomic(os.path.join(workdir, "pr_curves.json"), curves)
-    np.savez_compressed(os.path.join(workdir, "codes.npz"), **codes)
+    savez_atomic(os.path.join(workdir, "codes.npz"), **codes)
     plots.plot_pr_curves(curves, os.path.join(workdir, "pr_curve.png"),
                          title=f"{config.model.method.upper()} {config.model.bits} bits")
     history = _read_history(os.path.join(workdir, "history.csv"))
@@ -239,19 +251,21 @@ def finish_run(model: CrossModalHashingModel, config: config_lib.Config, store: 
 
 
 def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 2,
-          pairs_hook: Callable[[TrainingPairs], None] | None = None) -> dict:
+          pairs_hook: Callable[[TrainingPairs], None] | None = None,
+          dataset: CaptionDataset | None = None) -> dict:
     """Trains DUCH on the configured features, evaluates, and writes the run folder.
 
     Args:
       config: the resolved configuration.
-      workdir: run folder (defaults to `config.train.workdir`).
+      workdir: run folder (defaults to `config.train.run_dir`).
       verbose: Keras fit verbosity (1 = progress bar, 2 = a line per epoch).
       pairs_hook: called with the training pairs before training (e.g. to set weights).
+      dataset: the config's dataset when the caller has already loaded it.
     Returns: the content of metrics.json.
     """
     workdir = start_run(config, workdir)
     started = time.perf_counter()
-    _, store, split, noise = prepare(config)
+    _, store, split, noise = prepare(config, dataset)
     if noise is not None:
         write_json_atomic(os.path.join(workdir, "noise.json"), noise.summary())
     pairs = TrainingPairs.from_store(store, split, noise)
@@ -276,11 +290,3 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
         extra["realised_noise_rate"] = noise.realised_rate
     return finish_run(model, config, store, split, workdir, extra)
 
-
-def load_trained_model(workdir: str) -> CrossModalHashingModel:
-    """Rebuilds the model of a finished run from model_config.json and its weights."""
-    with open(os.path.join(workdir, "model_config.json"), encoding="utf-8") as f:
-        model = CrossModalHashingModel.from_config(json.load(f))
-    model.build_for_features(1)
-    model.load_weights(os.path.join(workdir, "model.weights.h5"))
-    return model

@@ -20,9 +20,9 @@ def _finished_run(root: str, config: config_lib.Config, i2t: float) -> str:
 
 
 def test_reuses_a_clean_run_that_differs_only_in_paths_and_noise_fields(tmp_path):
-    theirs = tiny_config(data_dir="/elsewhere/rsicd", features="/elsewhere/store", workdir="/elsewhere/run")
+    theirs = tiny_config(data_dir="/elsewhere/rsicd", features="/elsewhere/store", run_dir="/elsewhere/run")
     ours = config_lib.apply_overrides(tiny_config(), {"clean_fraction": 0.2, "noise_weighting": "cubed",
-                                                      "phase1_epochs": 3, "workdir": str(tmp_path / "w")})
+                                                      "phase1_epochs": 3, "run_dir": str(tmp_path / "w")})
     run = _finished_run(str(tmp_path), theirs, i2t=0.625)
     assert chnr_benchmark.reuse_clean_duch(ours, run)["map@20"]["i2t"] == 0.625
 

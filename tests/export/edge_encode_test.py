@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rs_hashing.export import tflite_export
-from rs_hashing.export.edge_encoder import EdgeEncoder
+from rs_hashing.edge.edge_encoder import EdgeEncoder
 from tests import testing
 from tests import tiny_run
 
@@ -16,10 +16,10 @@ from tests import tiny_run
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     root = tmp_path_factory.mktemp("edge")
-    encoders = tiny_run.tiny_encoders(str(root / "tiny"))
+    hashing_model = tiny_run.tiny_model(str(root / "tiny"))
     path = str(root / "codes.tflite")
     with open(path, "wb") as f:
-        f.write(tflite_export.convert(tflite_export.image_hashing_function(encoders), "fp32"))
+        f.write(tflite_export.convert(tflite_export.image_hashing_function(hashing_model), "fp32"))
     return path
 
 
@@ -30,7 +30,7 @@ def _run(*args):
 
 def test_prints_file_and_hex_code_per_image_without_tensorflow(model_path, tmp_path):
     images = tiny_run.write_images(str(tmp_path / "images"), count=5)
-    result = _run(f"--model={model_path}", "--batch_size=2", images[0], str(tmp_path / "images"))
+    result = _run(f"--model={model_path}", "--encode_batch_size=2", images[0], str(tmp_path / "images"))
     assert result.returncode == 0, result.stderr[-3000:]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
                 if line.startswith("import time:")}

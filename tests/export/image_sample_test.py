@@ -4,26 +4,27 @@ import os
 
 import pytest
 
-from rs_hashing.export import image_sample
+from rs_hashing import config as config_lib
 from rs_hashing.export.image_sample import ImageSample
 from tests import testing
 from tests import tiny_run
 
 
-def test_from_karpathy_spreads_two_disjoint_samples(tmp_path):
+def test_from_dataset_spreads_two_disjoint_samples(tmp_path):
     items = [{"filename": f"beach_{i}.jpg", "captions": [f"caption {i} a", f"caption {i} b"]} for i in range(10)]
     caption_file = testing.write_karpathy(str(tmp_path), items, make_images=False)
     os.makedirs(tmp_path / "RSICD_images")
-    first = ImageSample.from_karpathy(caption_file, 4)
-    second = ImageSample.from_karpathy(caption_file, 4, offset=0.5, name="test set")
+    data = config_lib.DataConfig(dataset="karpathy", caption_file=caption_file)
+    first = ImageSample.from_dataset(data, 4)
+    second = ImageSample.from_dataset(data, 4, offset=0.5, name="test set")
     # n = 10, count = 4: picks int((i + offset) * 2.5).
     assert [os.path.basename(p) for p in first.paths] == ["beach_0.jpg", "beach_2.jpg", "beach_5.jpg", "beach_7.jpg"]
     assert first.captions == ("caption 0 a", "caption 2 a", "caption 5 a", "caption 7 a")
     assert [os.path.basename(p) for p in second.paths] == ["beach_1.jpg", "beach_3.jpg", "beach_6.jpg", "beach_8.jpg"]
     assert second.source.startswith("test set: 4 images")
-    assert len(ImageSample.from_karpathy(caption_file, 50).paths) == 10
+    assert len(ImageSample.from_dataset(data, 50).paths) == 10
     with pytest.raises(ValueError, match="offset=1.0 in"):
-        ImageSample.from_karpathy(caption_file, 4, offset=1.0)
+        ImageSample.from_dataset(data, 4, offset=1.0)
 
 
 def test_from_files_expands_folders_and_checks_captions(tmp_path):
@@ -34,14 +35,9 @@ def test_from_files_expands_folders_and_checks_captions(tmp_path):
         ImageSample(tuple(paths), ("one",))
 
 
-def test_rsicd_aid_is_none_where_the_data_is_absent(monkeypatch, tmp_path):
-    monkeypatch.setattr(image_sample, "RSICD_CAPTION_FILE", str(tmp_path / "absent.json"))
-    assert ImageSample.rsicd_aid(10) is None
-
-
 @pytest.mark.skipif(not testing.has_shared_rsicd(), reason=testing.NO_SHARED_REASON)
 def test_rsicd_aid_sample_has_files_and_captions():
-    sample = ImageSample.rsicd_aid(20)
+    sample = testing.rsicd_sample(20)
     assert len(sample.paths) == len(sample.captions) == 20 and sample.source.startswith("RSICD-AID")
     assert all(os.path.isfile(p) for p in sample.paths)
-    assert not set(sample.paths) & set(ImageSample.rsicd_aid(20, offset=0.5).paths)
+    assert not set(sample.paths) & set(testing.rsicd_sample(20, offset=0.5).paths)

@@ -2,8 +2,8 @@
 
 The SavedModel is loaded the way the model server loads it (the SignatureDef map of the
 'serve' MetaGraph, tensors fed and fetched by the names it lists) and driven with
-tensorflow-serving-api PredictRequest / PredictResponse protos. Tiny encoders keep the
-unit tests to seconds; the RSICD-AID parity test with the real encoders is slow.
+tensorflow-serving-api PredictRequest / PredictResponse protos. Tiny hashing_model keep the
+unit tests to seconds; the RSICD-AID parity test with the real hashing_model is slow.
 """
 
 import base64
@@ -20,7 +20,8 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401 - registers the tokenizer ops the SavedModel uses.
 
 from rs_hashing.export import serving_export
-from rs_hashing.export.hashing_encoders import HashingEncoders, binary_codes
+from rs_hashing.codes import binarize
+from rs_hashing.hashing_model import HashingModel
 from rs_hashing.features.image_pipeline import resize_image
 from tests import testing
 from tests import tiny_run
@@ -34,13 +35,13 @@ K = tiny_run.BITS
 
 
 @pytest.fixture(scope="module")
-def encoders(tmp_path_factory):
-    return tiny_run.tiny_encoders(str(tmp_path_factory.mktemp("tiny")))
+def hashing_model(tmp_path_factory):
+    return tiny_run.tiny_model(str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")
-def export_path(encoders, tmp_path_factory):
-    return serving_export.export_savedmodel(encoders, str(tmp_path_factory.mktemp("serving")))
+def export_path(hashing_model, tmp_path_factory):
+    return serving_export.export_savedmodel(hashing_model, str(tmp_path_factory.mktemp("serving")))
 
 
 class SignatureSession:
@@ -93,7 +94,7 @@ def _response(response_bytes: bytes) -> dict:
 def _check_outputs(outputs: dict, reference_hash: np.ndarray) -> None:
     assert outputs["code"].dtype == np.int8 and outputs["packed"].dtype == np.uint8
     assert outputs["hash"].dtype == np.float32
-    np.testing.assert_array_equal(outputs["code"], binary_codes(reference_hash))
+    np.testing.assert_array_equal(outputs["code"], binarize(reference_hash))
     np.testing.assert_array_equal(outputs["packed"], np.packbits(outputs["code"] > 0, axis=-1))
     np.testing.assert_allclose(outputs["hash"], reference_hash, atol=1e-5)
 
@@ -112,7 +113,7 @@ def test_code_outputs_hand_computed():
         serving_export.code_outputs(hash_codes[:, :12], 12)
 
 
-def test_export_layout_warmup_and_info(export_path, encoders):
+def test_export_layout_warmup_and_info(export_path, hashing_model):
     base = os.path.dirname(export_path)
     assert os.path.basename(export_path) == "1" and os.listdir(base) == ["1"]
     assert stat.S_IMODE(os.stat(export_path).st_mode) == 0o755
@@ -125,7 +126,7 @@ def test_export_layout_warmup_and_info(export_path, encoders):
     assert serving_export.next_version(base) == 2
 
 
-def test_versions_are_numbered_and_appear_atomically(tmp_path, encoders, monkeypatch):
+def test_versions_are_numbered_and_appear_atomically(tmp_path, hashing_model, monkeypatch):
     base = tmp_path / "serving"
     (base / "rs_hashing" / "3").mkdir(parents=True)
     (base / "rs_hashing" / "notes").mkdir()
@@ -140,15 +141,15 @@ def test_versions_are_numbered_and_appear_atomically(tmp_path, encoders, monkeyp
                 f.write(b"stub")
 
     monkeypatch.setattr(serving_export, "build_export_archive", lambda enc: FakeArchive())
-    path = serving_export.export_savedmodel(encoders, str(base), warmup=False)
+    path = serving_export.export_savedmodel(hashing_model, str(base), warmup=False)
     assert path == str(base / "rs_hashing" / "4")
     assert not re.fullmatch(r"\d+", seen["staging"]) and seen["listing"] == sorted(["3", seen["staging"], "notes"])
     assert sorted(os.listdir(base / "rs_hashing")) == ["3", "4", "notes"]
     with pytest.raises(FileExistsError, match="already exists"):
-        serving_export.export_savedmodel(encoders, str(base), version=4, warmup=False)
+        serving_export.export_savedmodel(hashing_model, str(base), version=4, warmup=False)
 
 
-def test_failed_export_leaves_nothing(tmp_path, encoders, monkeypatch):
+def test_failed_export_leaves_nothing(tmp_path, hashing_model, monkeypatch):
     class BrokenArchive:
         def write_out(self, path, verbose=True):
             with open(os.path.join(path, "saved_model.pb"), "wb") as f:
@@ -157,7 +158,7 @@ def test_failed_export_leaves_nothing(tmp_path, encoders, monkeypatch):
 
     monkeypatch.setattr(serving_export, "build_export_archive", lambda enc: BrokenArchive())
     with pytest.raises(RuntimeError, match="disk full"):
-        serving_export.export_savedmodel(encoders, str(tmp_path), version=7, warmup=False)
+        serving_export.export_savedmodel(hashing_model, str(tmp_path), version=7, warmup=False)
     assert os.listdir(tmp_path / "rs_hashing") == []
 
 
@@ -165,9 +166,9 @@ def test_failed_export_leaves_nothing(tmp_path, encoders, monkeypatch):
     ({"model_name": "../x"}, "model_name"), ({"model_name": ".hidden"}, "model_name"),
     ({"version": -1}, "non-negative integer"), ({"version": "2"}, "non-negative integer"),
 ])
-def test_bad_model_name_or_version(tmp_path, encoders, kwargs, message):
+def test_bad_model_name_or_version(tmp_path, hashing_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        serving_export.export_savedmodel(encoders, str(tmp_path), warmup=False, **kwargs)
+        serving_export.export_savedmodel(hashing_model, str(tmp_path), warmup=False, **kwargs)
 
 
 # ----------------------------------------------------------------- the serving contract
@@ -191,23 +192,23 @@ def test_signature_defs_as_the_server_reads_them(server):
                            "hash": (tf.float32.as_datatype_enum, [-1, K])}
 
 
-def test_predict_round_trip_matches_the_keras_model(server, encoders, tmp_path):
+def test_predict_round_trip_matches_the_keras_model(server, hashing_model, tmp_path):
     captions = np.array([c.encode() for c in tiny_run.CAPTIONS], dtype=object)
     for signature in ("encode_text", "serving_default"):
         outputs = _response(server.predict(_request(signature, {"text": captions})))
-        _check_outputs(outputs, encoders.text_hash(list(tiny_run.CAPTIONS)))
+        _check_outputs(outputs, hashing_model.text_hash(list(tiny_run.CAPTIONS)))
 
     images = [open(p, "rb").read() for p in tiny_run.write_images(str(tmp_path), count=4)]
     outputs = _response(server.predict(_request("encode_image", {"image_bytes": np.array(images, dtype=object)})))
-    _check_outputs(outputs, encoders.image_hash_from_bytes(images))
+    _check_outputs(outputs, hashing_model.image_hash_from_bytes(images))
 
     pixels = np.random.default_rng(1).integers(0, 256, size=(3, 23, 37, 3)).astype(np.uint8)
     outputs = _response(server.predict(_request("encode_image_pixels", {"image": pixels})))
     resized = resize_image(tf.constant(pixels), tiny_run.IMAGE_SIZE).numpy()
-    _check_outputs(outputs, encoders.image_hash_from_pixels(resized))
+    _check_outputs(outputs, hashing_model.image_hash_from_pixels(resized))
 
 
-def test_loaded_signatures_give_the_same_codes(export_path, server, encoders):
+def test_loaded_signatures_give_the_same_codes(export_path, server, hashing_model):
     loaded = tf.saved_model.load(export_path)
     function = loaded.signatures["encode_text"]
     assert set(function.structured_input_signature[1]) == {"text"}
@@ -318,7 +319,7 @@ def test_golden_rest_bodies_in_the_docs_are_valid(server):
             bits = len(row["code"])
             assert set(row) == set(serving_export.OUTPUTS) and len(row["hash"]) == bits
             assert row["packed"] == list(np.packbits(np.array(row["code"]) > 0))
-            assert np.array_equal(np.array(row["code"]), binary_codes(row["hash"]))
+            assert np.array_equal(np.array(row["code"]), binarize(row["hash"]))
 
 
 # ----------------------------------------------------------------- RSICD-AID parity
@@ -332,24 +333,24 @@ def test_savedmodel_codes_equal_keras_codes_on_rsicd(tmp_path):
     (seeded), which tests the same graph."""
     from rs_hashing import config as config_lib
     from rs_hashing.export.image_sample import ImageSample
-    from rs_hashing.features.extraction import build_image_encoder_from_config, build_text_encoder
+    from rs_hashing.encoders.frozen_encoders import FrozenEncoders
     from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 
     run = os.environ.get("RS_HASHING_EXPORT_RUN")
     if run:
-        encoders = HashingEncoders.from_workdir(run)
+        hashing_model = HashingModel.from_run(run)
     else:
-        features = config_lib.FeatureConfig()
-        image_encoder, text_encoder = build_image_encoder_from_config(features), build_text_encoder(features)
-        model = CrossModalHashingModel(1280, text_encoder.output_dim, 64, 1024, num_train=4, seed=0)
-        encoders = HashingEncoders(features, model, image_encoder, text_encoder)
-    sample = ImageSample.rsicd_aid(200)
+        config = config_lib.Config()
+        encoders = FrozenEncoders(config.features)
+        heads = CrossModalHashingModel(1280, encoders.text.output_dim, 64, 1024, num_train=4, seed=0)
+        hashing_model = HashingModel(str(tmp_path), config, heads, encoders)
+    sample = testing.rsicd_sample(200)
     images = [open(p, "rb").read() for p in sample.paths]
-    path = serving_export.export_savedmodel(encoders, str(tmp_path), warmup=False)
+    path = serving_export.export_savedmodel(hashing_model, str(tmp_path), warmup=False)
     signatures = tf.saved_model.load(path).signatures
     served_images = np.concatenate([signatures["encode_image"](image_bytes=tf.constant(images[i:i + 50]))["code"]
                                     for i in range(0, len(images), 50)])
     served_text = np.concatenate([signatures["encode_text"](text=tf.constant(list(sample.captions[i:i + 50])))["code"]
                                   for i in range(0, len(images), 50)])
-    np.testing.assert_array_equal(served_images, binary_codes(encoders.image_hash_from_bytes(images)))
-    np.testing.assert_array_equal(served_text, binary_codes(encoders.text_hash(list(sample.captions))))
+    np.testing.assert_array_equal(served_images, binarize(hashing_model.image_hash_from_bytes(images)))
+    np.testing.assert_array_equal(served_text, binarize(hashing_model.text_hash(list(sample.captions))))

@@ -1,4 +1,4 @@
-"""Tests for rs_hashing.export.tflite_export (tiny encoders; RSICD-AID checks are slow)."""
+"""Tests for rs_hashing.export.tflite_export (tiny hashing_model; RSICD-AID checks are slow)."""
 
 import json
 import os
@@ -9,8 +9,9 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as litert_schema
 from ai_edge_litert.interpreter import Interpreter
 
-from rs_hashing.export import edge_encoder, tflite_export
-from rs_hashing.export.hashing_encoders import HashingEncoders
+from rs_hashing.edge import edge_encoder
+from rs_hashing.export import tflite_export
+from rs_hashing.hashing_model import HashingModel
 from rs_hashing.export.image_sample import ImageSample
 from tests import testing
 from tests import tiny_run
@@ -19,8 +20,8 @@ S, K, T = tiny_run.IMAGE_SIZE, tiny_run.BITS, tiny_run.SEQUENCE_LENGTH
 
 
 @pytest.fixture(scope="module")
-def encoders(tmp_path_factory):
-    return tiny_run.tiny_encoders(str(tmp_path_factory.mktemp("tiny")))
+def hashing_model(tmp_path_factory):
+    return tiny_run.tiny_model(str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +31,17 @@ def sample(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fp32_content(encoders):
-    return tflite_export.convert(tflite_export.image_hashing_function(encoders), "fp32")
+def fp32_content(hashing_model):
+    return tflite_export.convert(tflite_export.image_hashing_function(hashing_model), "fp32")
 
 
-def _pixels(encoders, paths):
-    return np.stack([encoders.preprocess_image_bytes(open(p, "rb").read()) for p in paths])
+def _pixels(hashing_model, paths):
+    return np.stack([hashing_model.preprocess_image_bytes(open(p, "rb").read()) for p in paths])
 
 
-def test_fp32_export_writes_both_models_and_the_report(tmp_path, encoders, sample):
+def test_fp32_export_writes_both_models_and_the_report(tmp_path, hashing_model, sample):
     out = str(tmp_path / "edge" / "codes.tflite")
-    report = tflite_export.export_tflite(encoders, out, "fp32", sample=sample)
+    report = tflite_export.export_tflite(hashing_model, out, "fp32", sample=sample)
     with open(str(tmp_path / "edge" / "codes.json"), encoding="utf-8") as f:
         assert json.load(f) == json.loads(json.dumps(report))
     assert report["written"] and os.path.getsize(out) == report["bytes"]
@@ -53,9 +54,9 @@ def test_fp32_export_writes_both_models_and_the_report(tmp_path, encoders, sampl
     runner = Interpreter(model_path=out).get_signature_runner(tflite_export.SIGNATURE_KEY)
     image = runner.get_input_details()["image"]
     assert list(image["shape_signature"]) == [-1, S, S, 3] and image["dtype"] == np.float32
-    outputs = runner(image=_pixels(encoders, sample.paths))
+    outputs = runner(image=_pixels(hashing_model, sample.paths))
     np.testing.assert_array_equal(outputs["packed"], np.packbits(outputs["code"] > 0, axis=-1))
-    reference = encoders.image_hash_from_bytes([open(p, "rb").read() for p in sample.paths])
+    reference = hashing_model.image_hash_from_bytes([open(p, "rb").read() for p in sample.paths])
     np.testing.assert_array_equal(outputs["code"], np.where(reference >= 0, 1, -1))
 
     text = report["text_model"]
@@ -63,12 +64,12 @@ def test_fp32_export_writes_both_models_and_the_report(tmp_path, encoders, sampl
     text_runner = Interpreter(model_path=tflite_export.text_model_path(out)).get_signature_runner()
     assert {k: list(v["shape_signature"]) for k, v in text_runner.get_input_details().items()} == {
         "token_ids": [-1, T], "padding_mask": [-1, T]}
-    tokens = {k: v.numpy() for k, v in encoders.text_encoder.tokenize(list(tiny_run.CAPTIONS)).items()}
+    tokens = {k: v.numpy() for k, v in hashing_model.text_encoder.tokenize(list(tiny_run.CAPTIONS)).items()}
     codes = text_runner(**tokens)["code"]
-    np.testing.assert_array_equal(codes, np.where(encoders.text_hash(list(tiny_run.CAPTIONS)) >= 0, 1, -1))
+    np.testing.assert_array_equal(codes, np.where(hashing_model.text_hash(list(tiny_run.CAPTIONS)) >= 0, 1, -1))
 
 
-def test_fp16_stores_dense_and_conv_weights_as_float16(encoders, sample, fp32_content):
+def test_fp16_stores_dense_and_conv_weights_as_float16(hashing_model, sample, fp32_content):
     content = tflite_export.compress_weights_fp16(fp32_content)
     original = litert_schema.ModelT.InitFromPackedBuf(bytearray(fp32_content), 0)
     model = litert_schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
@@ -92,35 +93,35 @@ def test_fp16_stores_dense_and_conv_weights_as_float16(encoders, sample, fp32_co
     for op in weighted:
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             assert subgraph.tensors[op.inputs[2]].type == litert_schema.TensorType.FLOAT32
-    pixels = _pixels(encoders, sample.paths)
+    pixels = _pixels(hashing_model, sample.paths)
     full = tflite_export.run_tflite(fp32_content, {"image": pixels})["hash"]
     half = tflite_export.run_tflite(content, {"image": pixels})["hash"]
     np.testing.assert_allclose(half, full, atol=5e-3)
 
 
-def test_fp16_export_is_smaller_and_agrees(tmp_path, encoders, sample, fp32_content):
-    report = tflite_export.export_tflite(encoders, str(tmp_path / "h.tflite"), "fp16", sample=sample, text=False)
+def test_fp16_export_is_smaller_and_agrees(tmp_path, hashing_model, sample, fp32_content):
+    report = tflite_export.export_tflite(hashing_model, str(tmp_path / "h.tflite"), "fp16", sample=sample, text=False)
     assert report["bytes"] < len(fp32_content) and report["agreement"]["bit_agreement"] >= 0.95
     assert "text_model" not in report and not os.path.exists(tflite_export.text_model_path(str(tmp_path / "h.tflite")))
 
 
 # The converter's int8 calibration uses the deprecated tf.lite.Interpreter internally.
 @pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
-def test_int8_is_refused_below_the_threshold_with_the_figure(tmp_path, encoders, sample, monkeypatch):
+def test_int8_is_refused_below_the_threshold_with_the_figure(tmp_path, hashing_model, sample, monkeypatch):
     calibration = ImageSample(tuple(tiny_run.write_images(str(tmp_path / "cal"), 4, seed=1)),
                                             tiny_run.CAPTIONS)
     out = str(tmp_path / "q.tflite")
     monkeypatch.setattr(tflite_export, "MIN_INT8_AGREEMENT", 1.01)  # Nothing can pass.
     with pytest.raises(tflite_export.QuantizationRejectedError,
                        match=r"int8 image model refused: \d+\.\d\d% of bits agree .* on 4 inputs"):
-        tflite_export.export_tflite(encoders, out, "int8", sample=sample, calibration=calibration)
+        tflite_export.export_tflite(hashing_model, out, "int8", sample=sample, calibration=calibration)
     assert not os.path.exists(out)
     with open(tflite_export.report_path(out), encoding="utf-8") as f:
         report = json.load(f)
     assert not report["written"] and "refused" in report and report["agreement"]["count"] == 4
 
     monkeypatch.setattr(tflite_export, "MIN_INT8_AGREEMENT", 0.0)
-    report = tflite_export.export_tflite(encoders, out, "int8", sample=sample, calibration=calibration)
+    report = tflite_export.export_tflite(hashing_model, out, "int8", sample=sample, calibration=calibration)
     assert report["written"] and "QUANTIZE" in report["operators"] and os.path.exists(out)
 
 
@@ -129,10 +130,10 @@ def test_int8_is_refused_below_the_threshold_with_the_figure(tmp_path, encoders,
     ({"quantization": "bf16"}, "not one of fp32, fp16, int8"),
     ({"out_path": "codes.lite"}, "must end in .tflite"),
 ])
-def test_bad_arguments(tmp_path, encoders, kwargs, message):
+def test_bad_arguments(tmp_path, hashing_model, kwargs, message):
     arguments = {"out_path": str(tmp_path / "c.tflite"), "quantization": "fp32", **kwargs}
     with pytest.raises(ValueError, match=message):
-        tflite_export.export_tflite(encoders, arguments.pop("out_path"), **arguments)
+        tflite_export.export_tflite(hashing_model, arguments.pop("out_path"), **arguments)
 
 
 def test_non_builtin_operators_are_refused():
@@ -151,19 +152,19 @@ def test_rsicd_fp32_and_fp16_agree_on_999_of_1000_bits(tmp_path):
     with the Keras model on >= 99.9% of bits and fp16 is <= 0.55x the fp32 file.
     RS_HASHING_EXPORT_RUN may name a trained run (else: seeded untrained heads)."""
     from rs_hashing import config as config_lib
-    from rs_hashing.features.extraction import build_image_encoder_from_config, build_text_encoder
+    from rs_hashing.encoders.frozen_encoders import FrozenEncoders
     from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 
     run = os.environ.get("RS_HASHING_EXPORT_RUN")
     if run:
-        encoders = HashingEncoders.from_workdir(run)
+        hashing_model = HashingModel.from_run(run)
     else:
-        features = config_lib.FeatureConfig()
-        text_encoder = build_text_encoder(features)
-        model = CrossModalHashingModel(1280, text_encoder.output_dim, 64, 1024, num_train=4, seed=0)
-        encoders = HashingEncoders(features, model, build_image_encoder_from_config(features), text_encoder)
-    sample = ImageSample.rsicd_aid(200)
-    reports = {q: tflite_export.export_tflite(encoders, str(tmp_path / f"{q}.tflite"), q, sample=sample, text=False)
+        config = config_lib.Config()
+        encoders = FrozenEncoders(config.features)
+        heads = CrossModalHashingModel(1280, encoders.text.output_dim, 64, 1024, num_train=4, seed=0)
+        hashing_model = HashingModel(str(tmp_path), config, heads, encoders)
+    sample = testing.rsicd_sample(200)
+    reports = {q: tflite_export.export_tflite(hashing_model, str(tmp_path / f"{q}.tflite"), q, sample=sample, text=False)
                for q in ("fp32", "fp16")}
     for q, report in reports.items():
         assert report["agreement"]["bit_agreement"] >= 0.999, (q, report["agreement"])

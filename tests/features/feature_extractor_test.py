@@ -8,8 +8,8 @@ from rs_hashing.data import loaders
 from rs_hashing.errors import DatasetError
 from rs_hashing.features.feature_extractor import FeatureExtractor
 from rs_hashing.features.image_pipeline import load_image
-from rs_hashing.models.image_encoder import build_image_encoder
-from rs_hashing.models.text_encoder import TextEncoder
+from rs_hashing.encoders.image_encoder import build_image_encoder
+from rs_hashing.encoders.text_encoder import TextEncoder
 from tests import testing
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from rs_hashing import config as config_lib
 from rs_hashing.errors import DatasetError
+from rs_hashing.hashing_model import HashingModel
 from rs_hashing.index import archive_indexing
-from rs_hashing.index.archive_encoder import ArchiveEncoder
 from rs_hashing.index.hamming_index import HammingIndex
 from tests import testing
 from tests import tiny_run
@@ -22,7 +22,7 @@ def indexed(tmp_path_factory):
     (root / "images" / "notes.txt").write_text("not an image")
     (root / "images" / ".hidden.png").write_bytes(b"")
     keras.utils.set_random_seed(0)
-    encoder = ArchiveEncoder(str(root / "run"))
+    encoder = HashingModel.from_run(str(root / "run"))
     image_root, items = archive_indexing.folder_items(str(root / "images"))
     index = archive_indexing.index_archive(encoder, image_root, items, str(root / "a.index"),
                                            progress=False, source="test folder")
@@ -56,12 +56,12 @@ def test_search_by_image_and_text_equals_the_index_on_their_codes(indexed):
     encoder, index, root = indexed
     query = str(root / "images" / "tile_03.png")
     hits = archive_indexing.search_archive(encoder, index, image=query, k=7)
-    expected_ids, expected_distances = index.search(encoder.encode_image_files([query]), 7)
+    expected_ids, expected_distances = index.search(encoder.encode_images([query]).codes, 7)
     assert [h["id"] for h in hits] == expected_ids[0].tolist()
     assert [h["hamming"] for h in hits] == expected_distances[0].tolist()
     assert {"id": 4, "hamming": 0, "file": "tile_03.png"} in hits  # the image finds itself
     text_hits = archive_indexing.search_archive(encoder, index, text="a sandy beach", k=3)
-    text_ids, _ = index.search(encoder.encode_texts(["a sandy beach"]), 3)
+    text_ids, _ = index.search(encoder.encode_texts(["a sandy beach"]).codes, 3)
     assert [h["id"] for h in text_hits] == text_ids[0].tolist()
     assert all(set(h) == {"id", "hamming", "file"} for h in text_hits)
     with pytest.raises(ValueError, match="exactly one"):
@@ -70,7 +70,7 @@ def test_search_by_image_and_text_equals_the_index_on_their_codes(indexed):
 
 def test_an_index_of_another_model_is_refused(indexed, tmp_path):
     _, _, root = indexed
-    other = ArchiveEncoder(tiny_run.make_tiny_run(str(tmp_path / "other"), seed=3))
+    other = HashingModel.from_run(tiny_run.make_tiny_run(str(tmp_path / "other"), seed=3))
     with pytest.raises(ValueError, match=r"a.index: was made with the run .*rebuild it"):
         archive_indexing.open_index(str(root / "a.index"), other)
     wrong_bits = HammingIndex(16, info={"model": other.fingerprint()})

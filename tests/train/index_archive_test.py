@@ -14,15 +14,15 @@ def test_index_a_folder_then_search_it_by_image_with_a_contact_sheet(tmp_path):
     run = tiny_run.make_tiny_run(str(tmp_path / "run"))
     names = tiny_run.write_tile_folder(str(tmp_path / "images"), 9)
     out = str(tmp_path / "archive.index")
-    result = _run("train.index_archive", f"--workdir={run}", f"--images={tmp_path / 'images'}",
-                  f"--out={out}", "--batch_size=4")
+    result = _run("train.index_archive", f"--run_dir={run}", f"--images={tmp_path / 'images'}",
+                  f"--index={out}", "--encode_batch_size=4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "indexing 9 images" in result.stdout and "flat index" in result.stdout
     index = HammingIndex.load(out, bits=8)
     assert index.count == 9 and [m["file"] for m in index.metadata(range(9))] == names
 
     sheet = str(tmp_path / "sheet.html")
-    result = _run("train.search", f"--workdir={run}", f"--index={out}",
+    result = _run("train.search", f"--run_dir={run}", f"--index={out}",
                   f"--image={tmp_path / 'images' / 'tile_04.png'}", "--k=9",
                   f"--contact_sheet={sheet}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -37,8 +37,8 @@ def test_index_a_folder_then_search_it_by_image_with_a_contact_sheet(tmp_path):
 
 def test_index_archive_errors_are_one_line(tmp_path):
     run = tiny_run.make_tiny_run(str(tmp_path / "run"))
-    result = _run("train.index_archive", f"--workdir={run}", f"--images={tmp_path / 'none'}",
-                  f"--out={tmp_path / 'a.index'}")
+    result = _run("train.index_archive", f"--run_dir={run}", f"--images={tmp_path / 'none'}",
+                  f"--index={tmp_path / 'a.index'}")
     assert result.returncode != 0
-    assert "error: " in result.stderr and "image folder does not exist" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "error: " in result.stderr and "none: no such image file or folder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one line, no start-up logging

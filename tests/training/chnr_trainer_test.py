@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from rs_hashing import config as config_lib
+from rs_hashing.hashing_model import HashingModel
 from rs_hashing.losses.nt_xent import nt_xent_loss
 from rs_hashing.models.noise_detector import NoiseDetector
 from rs_hashing.training import chnr_trainer, trainer
@@ -108,8 +109,8 @@ def test_run_writes_the_duch_files_and_the_detectors(finished_run):
     assert len(history["loss"]) == PHASE1 + PHASE2 and np.all(np.isfinite(history["loss"]))
     assert history["adversarial"] == [0.0] * (PHASE1 + PHASE2)  # CHNR's loss set: no adversarial term
     assert len(trainer._read_history(os.path.join(workdir, "detector_history.csv"))["loss"]) == PHASE1
-    model = trainer.load_trained_model(workdir)
-    assert model.use_adversarial is False
+    model = HashingModel.from_run(workdir)
+    assert model.heads.use_adversarial is False
 
 
 def test_phase2_leaves_the_detector_unchanged(finished_run):

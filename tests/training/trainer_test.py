@@ -10,7 +10,8 @@ from rs_hashing import config as config_lib
 from rs_hashing.data import loaders
 from rs_hashing.errors import TrainingError
 from rs_hashing.features.feature_store import FeatureStore
-from rs_hashing.training import trainer
+from rs_hashing.hashing_model import HashingModel
+from rs_hashing.training import evaluation, trainer
 from tests import testing
 
 CLASSES = ("beach", "forest", "harbor", "meadow")
@@ -40,7 +41,7 @@ def _config(data, features, workdir, **overrides):
     config = testing.tiny_config(**overrides)
     return config_lib.Config(data=data, features=config_lib.FeatureConfig(features=features),
                              model=config.model,
-                             train=config_lib.apply_overrides(config, {"workdir": workdir}).train)
+                             train=config_lib.apply_overrides(config, {"run_dir": workdir}).train)
 
 
 @pytest.fixture(autouse=True)
@@ -72,10 +73,13 @@ def test_training_writes_the_run_folder_and_retrieves(tmp_path):
     history = trainer._read_history(os.path.join(workdir, "history.csv"))
     assert len(history["loss"]) == 25 and np.all(np.isfinite(history["loss"]))
     assert history["contrastive_inter"][-1] < history["contrastive_inter"][0]
-    model = trainer.load_trained_model(workdir)
-    query = np.asarray(FeatureStore.open(features).image[:5])
-    reloaded = np.where(np.asarray(model.encode_image(query)) >= 0, 1, -1)
-    assert reloaded.shape == (5, 16)
+    # The reloaded run gives the codes the run evaluated with (codes.npz), bit for bit.
+    model = HashingModel.from_run(workdir)
+    _, store, split, _ = trainer.prepare(config)
+    reloaded = evaluation.encode_sets(model.heads, evaluation.retrieval_features(store, split))
+    for key in evaluation.CODE_KEYS:
+        np.testing.assert_array_equal(reloaded[key], codes[key])
+    assert os.path.isfile(os.path.join(workdir, "encoders.json"))
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):

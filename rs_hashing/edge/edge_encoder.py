@@ -2,7 +2,7 @@
 
 This module must never import TensorFlow or Keras (a ground station installs only
 `ai-edge-litert`, `numpy`, `pillow` and, for exact JPEG pixels, `simplejpeg`);
-tests/export/edge_encoder_test.py checks that.
+tests/edge/edge_encoder_test.py checks that.
 
 Preprocessing reproduces `features.image_pipeline` (the training features):
 
@@ -107,11 +107,6 @@ def load_image(path: str, image_size: int, jpeg_decoder: str = "auto") -> np.nda
     except IsADirectoryError:
         raise ValueError(f"{path}: is a folder, not an image file") from None
     return resize_image(decode_image(data, jpeg_decoder, name=path), image_size)
-
-
-def pack_codes(codes: np.ndarray) -> np.ndarray:
-    """+-1 (or any signed) codes [N, K] -> uint8 [N, K/8], most significant bit first."""
-    return np.packbits(np.asarray(codes) > 0, axis=-1)
 
 
 def operator_names(model_content: bytes) -> list[str]:

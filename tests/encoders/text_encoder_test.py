@@ -1,4 +1,4 @@
-"""Tests for rs_hashing.models.text_encoder."""
+"""Tests for rs_hashing.encoders.text_encoder."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rs_hashing.models import text_encoder
-from rs_hashing.models.text_encoder import TextEncoder
+from rs_hashing.encoders import text_encoder
+from rs_hashing.encoders.text_encoder import TextEncoder
 
 TINY_CAPTIONS = [
     "Many green trees are near the river.",

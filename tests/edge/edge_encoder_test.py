@@ -1,4 +1,4 @@
-"""Tests for rs_hashing.export.edge_encoder: preprocessing parity with the training
+"""Tests for rs_hashing.edge.edge_encoder: preprocessing parity with the training
 pipeline, batching, errors, and that the module never pulls in TensorFlow."""
 
 import io
@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from rs_hashing.export import edge_encoder, tflite_export
-from rs_hashing.export.edge_encoder import EdgeEncoder
+from rs_hashing import codes as codes_lib
+from rs_hashing.edge import edge_encoder
+from rs_hashing.export import tflite_export
+from rs_hashing.edge.edge_encoder import EdgeEncoder
 from rs_hashing.features import image_pipeline
 from tests import testing
 from tests import tiny_run
@@ -22,15 +24,15 @@ needs_simplejpeg = pytest.mark.skipif(not HAS_SIMPLEJPEG, reason="simplejpeg is 
 
 
 @pytest.fixture(scope="module")
-def encoders(tmp_path_factory):
-    return tiny_run.tiny_encoders(str(tmp_path_factory.mktemp("tiny")))
+def hashing_model(tmp_path_factory):
+    return tiny_run.tiny_model(str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")
-def model_path(encoders, tmp_path_factory):
+def model_path(hashing_model, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("edge") / "codes.tflite")
     with open(path, "wb") as f:
-        f.write(tflite_export.convert(tflite_export.image_hashing_function(encoders), "fp32"))
+        f.write(tflite_export.convert(tflite_export.image_hashing_function(hashing_model), "fp32"))
     return path
 
 
@@ -49,11 +51,6 @@ def _encoded(pixels, fmt, **options):
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt, **options)
     return buffer.getvalue()
-
-
-def test_pack_codes_most_significant_bit_first():
-    codes = np.array([[1, -1, 1, -1, 1, -1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1]])
-    np.testing.assert_array_equal(edge_encoder.pack_codes(codes), [[0xAB, 0x0F]])
 
 
 def test_png_and_grey_decode_exactly_as_training():
@@ -102,7 +99,7 @@ def test_unknown_decoder_and_bad_files_are_named(tmp_path):
         edge_encoder.load_image(str(tmp_path / "missing.png"), 16)
 
 
-def test_encoder_reads_its_model_and_matches_the_interpreter(encoders, model_path, images):
+def test_encoder_reads_its_model_and_matches_the_interpreter(hashing_model, model_path, images):
     runtime = EdgeEncoder(model_path, batch_size=2)
     assert (runtime.image_size, runtime.bits) == (tiny_run.IMAGE_SIZE, tiny_run.BITS)
     outputs = runtime.encode_files(images)
@@ -110,7 +107,7 @@ def test_encoder_reads_its_model_and_matches_the_interpreter(encoders, model_pat
     expected = tflite_export.run_tflite(open(model_path, "rb").read(), {"image": pixels}, batch_size=5)
     for name in edge_encoder.OUTPUTS:
         np.testing.assert_array_equal(outputs[name], expected[name])
-    np.testing.assert_array_equal(outputs["packed"], edge_encoder.pack_codes(outputs["code"]))
+    np.testing.assert_array_equal(outputs["packed"], codes_lib.pack(outputs["code"]))
     assert outputs["code"].shape == (5, tiny_run.BITS)
     assert EdgeEncoder(model_path).encode_files([])["packed"].shape == (0, tiny_run.BITS // 8)
     with pytest.raises(ValueError, match=r"pixels must have shape \[N, 16, 16, 3\], got \[2, 8, 8, 3\]"):
@@ -118,9 +115,9 @@ def test_encoder_reads_its_model_and_matches_the_interpreter(encoders, model_pat
 
 
 @needs_simplejpeg
-def test_edge_codes_equal_the_keras_codes_with_simplejpeg(encoders, model_path, images):
+def test_edge_codes_equal_the_keras_codes_with_simplejpeg(hashing_model, model_path, images):
     outputs = EdgeEncoder(model_path, jpeg_decoder="simplejpeg").encode_files(images)
-    reference = encoders.image_hash_from_bytes([open(p, "rb").read() for p in images])
+    reference = hashing_model.image_hash_from_bytes([open(p, "rb").read() for p in images])
     np.testing.assert_array_equal(outputs["code"], np.where(reference >= 0, 1, -1))
 
 
@@ -136,9 +133,9 @@ def test_iter_files_reports_bad_files_and_keeps_order(model_path, images, tmp_pa
         EdgeEncoder(model_path).encode_files(paths)
 
 
-def test_wrong_model_files_are_refused(encoders, tmp_path):
+def test_wrong_model_files_are_refused(hashing_model, tmp_path):
     text_model = tmp_path / "text.tflite"
-    text_model.write_bytes(tflite_export.convert(tflite_export.text_hashing_function(encoders), "fp32"))
+    text_model.write_bytes(tflite_export.convert(tflite_export.text_hashing_function(hashing_model), "fp32"))
     with pytest.raises(ValueError, match="not an image-hashing model"):
         EdgeEncoder(str(text_model))
     with pytest.raises(FileNotFoundError, match="no such TFLite model file"):
@@ -158,7 +155,7 @@ def test_operator_names_of_a_converted_model(model_path):
 
 
 def test_module_imports_neither_tensorflow_nor_keras():
-    code = ("import sys; import rs_hashing.export.edge_encoder; "
+    code = ("import sys; import rs_hashing.edge.edge_encoder; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'absl')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=testing.REPO_ROOT)

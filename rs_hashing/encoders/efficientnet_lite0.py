@@ -28,7 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from rs_hashing.models.torch_state_dict import load_torch_state_dict
+from rs_hashing.encoders.torch_state_dict import load_torch_state_dict
 
 # Per-channel preprocessing the weights were trained with (RGB order).
 MEAN_RGB = 127.0

@@ -1,0 +1,42 @@
+r"""Extracts frozen encoder features of a dataset into a feature store.
+
+    rs-hashing extract-features --preset=rsicd --data_dir=../shared/data/rsicd \
+        --features=feats/rsicd
+
+Resumes a killed run (finished shards are kept); a finished store of the same data and
+encoder settings is reused. Encoders, image size, encoder batch and precision are
+config flags (--image_encoder, --text_encoder, --image_size, --encode_batch_size,
+--precision, ...).
+"""
+
+import json
+import os
+
+from rs_hashing.cli import config_flags
+from rs_hashing.cli.errors import USER_ERRORS, exit_with_error
+from rs_hashing.data.loaders import load_dataset
+from rs_hashing.features.extraction import extract_features
+
+DEFAULT_PRESET = "demo"
+
+
+def define_flags() -> list[str]:
+    return []
+
+
+def main(argv):
+    del argv
+    try:
+        config = config_flags.config_from_flags()
+        out = config.features.features
+        if not out:
+            raise ValueError("--features is empty: give the feature store folder to write")
+        dataset = load_dataset(config.data)
+        print(dataset.summary(), flush=True)
+        store = extract_features(config, dataset, out)
+    except USER_ERRORS as e:
+        exit_with_error(e)
+    size_mb = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".npy")) / 2**20
+    print(json.dumps({"store": out, "images": store.num_images, "captions": len(store.text),
+                      "image_dim": store.image_dim, "text_dim": store.text_dim,
+                      "store_mb": round(size_mb, 1), **store.manifest.get("extraction", {})}, indent=2))

@@ -1,0 +1,1 @@
+"""The ground-station runtime: TFLite image hashing with no TensorFlow, Keras or absl."""

@@ -1,0 +1,1 @@
+"""Frozen pretrained encoders: image and text feature extractors (apart from the hashing networks)."""
