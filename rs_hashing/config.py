@@ -174,7 +174,8 @@ class FeatureConfig:
 
     image_encoder: str = _field(
         "efficientnet_lite0", "Frozen image encoder: efficientnet_lite0 (offline default), tiny_cnn "
-        "(tests), or a keras-hub / keras.applications name (resnet18, resnet50, ...)",
+        "(tests), a keras-hub / keras.applications name (resnet18, resnet50, ...), or "
+        "tfhub:<module folder or handle> (a TF-Hub image feature-vector module)",
         Text("an encoder name"))
     image_weights: str = _field(
         "default", "Image encoder weights: default (the encoder's usual weights), a local file or "

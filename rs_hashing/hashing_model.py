@@ -32,7 +32,7 @@ from rs_hashing import config as config_lib
 from rs_hashing.codes import Codes
 from rs_hashing.encoders.frozen_encoders import FrozenEncoders
 from rs_hashing.errors import DatasetError, RunFolderError
-from rs_hashing.features.feature_extractor import find_bad_images
+from rs_hashing.features.feature_extractor import bad_images_named
 from rs_hashing.features.image_pipeline import decode_image, load_image, resize_image
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 
@@ -274,18 +274,11 @@ class HashingModel:
                         deterministic=True)
                    .batch(batch_size).prefetch(tf.data.AUTOTUNE))
         parts = []
-        with tqdm(total=len(paths), desc="images", unit="img", disable=not progress) as bar:
-            try:
-                for pixels in dataset:
-                    parts.append(np.asarray(encode(pixels), np.float32))
-                    bar.update(int(pixels.shape[0]))
-            except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
-                    tf.errors.UnknownError) as e:
-                bad = find_bad_images(paths)
-                if not bad:
-                    raise
-                raise DatasetError(f"{len(bad)} image(s) cannot be decoded:\n  "
-                                   + "\n  ".join(bad[:20])) from e
+        with tqdm(total=len(paths), desc="images", unit="img", disable=not progress) as bar, \
+                bad_images_named(paths):
+            for pixels in dataset:
+                parts.append(np.asarray(encode(pixels), np.float32))
+                bar.update(int(pixels.shape[0]))
         return np.concatenate(parts)
 
     # ------------------------------------------------------------------ codes

@@ -90,8 +90,11 @@ def expected_test_name(path: str) -> str:
 
 
 def expected_binary_name(path: str) -> str:
-    """train/demo.py -> train_demo (a bare "train" would clash with the train/ folder)."""
-    return os.path.splitext(path)[0].replace(os.sep, "_").replace("/", "_")
+    """train/demo.py -> train_demo (a bare "train" would clash with the train/ folder);
+    a package's __main__.py is named after the package (rs_hashing/cli -> rs_hashing_cli)."""
+    stem = os.path.splitext(path)[0].replace(os.sep, "/")
+    stem = stem[:-len("/__main__")] if stem.endswith("/__main__") else stem
+    return stem.replace("/", "_")
 
 
 def imported_test_files(source: str) -> list[str]:
@@ -198,6 +201,7 @@ def test_imported_test_files():
 def test_expected_binary_name():
     assert expected_binary_name("train/demo.py") == "train_demo"
     assert expected_binary_name("export/export_tflite.py") == "export_export_tflite"
+    assert expected_binary_name("rs_hashing/cli/__main__.py") == "rs_hashing_cli"
 
 
 def test_every_test_file_has_exactly_one_test_target(targets):

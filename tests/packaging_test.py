@@ -67,18 +67,24 @@ def installed(wheel, tmp_path_factory):
     return venv
 
 
+def _user_env() -> dict:
+    """The environment of a user outside the checkout: no PYTHONPATH (Bazel and IDEs set
+    one), TensorFlow's logging left to the command."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
+
+
 def _run(venv, *args, cwd, timeout=600):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
-    return subprocess.run([str(venv / "bin" / "rs-hashing"), *args], cwd=cwd, env=env,
+    return subprocess.run([str(venv / "bin" / "rs-hashing"), *args], cwd=cwd, env=_user_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
 def test_installed_command_runs_outside_the_checkout(installed, tmp_path):
     python = str(installed / "bin" / "python")
     where = subprocess.run([python, "-c", "import rs_hashing; print(rs_hashing.__file__)"], cwd=tmp_path,
-                           capture_output=True, text=True, check=True).stdout.strip()
+                           env=_user_env(), capture_output=True, text=True, check=True).stdout.strip()
     assert where.startswith(str(installed)) and not where.startswith(testing.REPO_ROOT), where
-    assert subprocess.run([python, "-c", "import train"], cwd=tmp_path, capture_output=True).returncode != 0
+    assert subprocess.run([python, "-c", "import train"], cwd=tmp_path, env=_user_env(),
+                          capture_output=True).returncode != 0
     help_text = _run(installed, "train", "--help", cwd=tmp_path)
     assert help_text.returncode == 0 and "--bits" in help_text.stdout, help_text.stderr
     demo = _run(installed, "demo", "--preset=smoke", "--workdir=d", "--epochs=2", "--query=a sandy beach",

@@ -3,8 +3,8 @@
 This is the one room of the package that defines absl flags and reads the command line,
 and it does so only when a command runs (`main`, `run_command`), never at import. Each
 subcommand is a module here with `DEFAULT_PRESET` (the config preset its config flags
-start from, or None when it takes no config flags), `define_flags()` (its own flags,
-returning their names) and `main(argv)`. The checkout's `python -m train.X` /
+start from, or None when it takes no config flags), `main(argv)` and, when it has flags
+of its own, `define_flags()` (defines them, returns their names). The checkout's `python -m train.X` /
 `python -m export.X` modules are thin aliases that call `run_command`.
 
 TensorFlow's C++ start-up logging (oneDNN, CUDA probing, `cuInit` failures on machines
@@ -107,7 +107,7 @@ def run_command(name: str, argv: list[str] | None = None) -> int:
 
     from rs_hashing.cli import config_flags  # pylint: disable=import-outside-toplevel
 
-    own = module.define_flags()
+    own = module.define_flags() if hasattr(module, "define_flags") else []
     preset = module.DEFAULT_PRESET
     config_names = config_flags.define_config_flags(preset) if preset else []
     if any(arg in HELP_ARGS for arg in argv):
@@ -133,4 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} "
               "(rs-hashing --help)", file=sys.stderr)
         return 2
-    return run_command(argv[0], argv[1:])
+    try:
+        return run_command(argv[0], argv[1:])
+    except BrokenPipeError:  # `rs-hashing train --help | head`: the reader left; not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

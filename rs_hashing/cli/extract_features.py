@@ -20,10 +20,6 @@ from rs_hashing.features.extraction import extract_features
 DEFAULT_PRESET = "demo"
 
 
-def define_flags() -> list[str]:
-    return []
-
-
 def main(argv):
     del argv
     try:

@@ -17,10 +17,6 @@ from rs_hashing.training import trainer
 DEFAULT_PRESET = "demo"
 
 
-def define_flags() -> list[str]:
-    return []
-
-
 def main(argv):
     del argv
     try:

@@ -10,12 +10,13 @@ run with the names of every bad image in its shard.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +52,19 @@ def find_bad_images(paths: Sequence[str]) -> list[str]:
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image.
             bad.append(f"{path}: {type(e).__name__}: {e}")
     return bad
+
+
+@contextlib.contextmanager
+def bad_images_named(paths: Sequence[str], limit: int = 20) -> Iterator[None]:
+    """Turns a decoding failure inside the block (a tf.data image pipeline over `paths`)
+    into a DatasetError that names every bad file (the first `limit` of them)."""
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as e:
+        bad = find_bad_images(paths)
+        if not bad:
+            raise
+        raise DatasetError(f"{len(bad)} image(s) cannot be decoded:\n  " + "\n  ".join(bad[:limit])) from e
 
 
 class FeatureExtractor:
@@ -105,15 +119,10 @@ class FeatureExtractor:
     def _image_shard(self, dataset: CaptionDataset, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         paths = [dataset.image_path(i) for i in range(start, stop)]
         originals, augmented = [], []
-        try:
+        with bad_images_named(paths, limit=len(paths)):
             for images, images_aug in self._image_dataset(paths, start):
                 originals.append(self._encode(images).numpy())
                 augmented.append(self._encode(images_aug).numpy())
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as e:
-            bad = find_bad_images(paths)
-            if not bad:
-                raise
-            raise DatasetError(f"{len(bad)} image(s) cannot be decoded:\n  " + "\n  ".join(bad)) from e
         return np.concatenate(originals), np.concatenate(augmented)
 
     # -------------------------------------------------------------- captions
