@@ -28,6 +28,7 @@ CAPTION_MODES = ("one", "random", "all_pairs")
 NOISE_WEIGHTINGS = ("probability", "cubed", "threshold")
 CHNR_LOSSES = ("chnr", "duch")
 TEXT_POOLINGS = ("masked_mean", "last4_sum_mean", "cls")
+RADIOMETRIES = ("fixed", "percentile")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -188,6 +189,17 @@ class FeatureConfig:
     text_pooling: str = _field("masked_mean", "How the text encoder's token states become one vector",
                                OneOf(TEXT_POOLINGS))
     image_size: int = _field(224, "Side in pixels of the square image the encoder sees", POSITIVE)
+    radiometry: str = _field(
+        "fixed", "How 16-bit source pixels (GeoTIFF, 16-bit PNG) become the encoder's 8-bit input: "
+        "fixed maps range16_low..range16_high linearly to 0..255 everywhere (training, index, "
+        "SavedModel, edge); percentile stretches each tiled scene's p2..p98 per band",
+        OneOf(RADIOMETRIES))
+    range16_low: float = _field(0.0, "16-bit value that becomes 0 under the fixed radiometry",
+                                Range(0, 65535, low_closed=True, high_closed=True))
+    range16_high: float = _field(
+        3000.0, "16-bit value that becomes 255 under the fixed radiometry (3000: surface "
+        "reflectance 0.3 for Sentinel-2 L2A and Landsat Collection 2 scaled by 10000)",
+        Range(0, 65535, low_closed=False, high_closed=True))
     sequence_length: int = _field(64, "Tokens per caption, padding included", POSITIVE)
     encode_batch_size: int = _field(64, "Images (or captions) per encoder call while extracting", POSITIVE)
     precision: str = _field("float32", "Keras dtype policy used while extracting", OneOf(PRECISIONS))
@@ -197,6 +209,9 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+        if not self.range16_low < self.range16_high:
+            raise ValueError(f"range16_low={self.range16_low:g} must be below range16_high="
+                             f"{self.range16_high:g}")
 
 
 @dataclasses.dataclass(frozen=True)

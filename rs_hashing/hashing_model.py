@@ -33,7 +33,7 @@ from rs_hashing.codes import Codes
 from rs_hashing.encoders.frozen_encoders import FrozenEncoders
 from rs_hashing.errors import DatasetError, RunFolderError
 from rs_hashing.features.feature_extractor import bad_images_named
-from rs_hashing.features.image_pipeline import decode_image, load_image, resize_image
+from rs_hashing.features.image_pipeline import decode_image, load_image, radiometry_of, resize_image
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 
 # What `train` leaves in a finished run folder and what loading it needs.
@@ -74,6 +74,8 @@ class HashingModel:
         self.config = config
         self.heads = heads
         self.encoders = encoders
+        # How 16-bit images (16-bit PNG, GeoTIFF) become 8-bit input, as in training.
+        self.radiometry = radiometry_of(config.features)
         self._fingerprint = None
         self._image_function = None
 
@@ -218,7 +220,7 @@ class HashingModel:
 
     def preprocess_image_bytes(self, image_bytes: bytes) -> np.ndarray:
         """Encoded image (JPEG/PNG/...) -> float32 [S, S, 3], exactly as in training."""
-        return resize_image(decode_image(tf.constant(image_bytes)), self.image_size).numpy()
+        return resize_image(decode_image(tf.constant(image_bytes), self.radiometry), self.image_size).numpy()
 
     def _pixels_to_hash(self):
         if self._image_function is None:
@@ -270,7 +272,7 @@ class HashingModel:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         encode, size = self._pixels_to_hash(), self.image_size
         dataset = (tf.data.Dataset.from_tensor_slices(paths)
-                   .map(lambda path: load_image(path, size), num_parallel_calls=tf.data.AUTOTUNE,
+                   .map(lambda path: load_image(path, size, self.radiometry), num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=True)
                    .batch(batch_size).prefetch(tf.data.AUTOTUNE))
         parts = []
@@ -291,9 +293,10 @@ class HashingModel:
         """Images -> codes (int8 +-1 [N, K] and packed bytes).
 
         Args:
-            images: image file paths, or uint8 pixel arrays [H, W, 3] (any size; a
-                uint8 array [N, H, W, 3] is N images), or PIL images; every image is
-                resized whole to the run's S x S exactly as in training.
+            images: image file paths (JPEG, PNG, BMP, GIF, GeoTIFF/TIFF), or uint8 or
+                uint16 pixel arrays [H, W, 3] (any size; an array [N, H, W, 3] is N
+                images), or PIL images; 16-bit pixels pass through the run's radiometric
+                contract and every image is resized whole to S x S, exactly as in training.
             batch_size: images per encoder call (the run's encode_batch_size if None).
             progress: show a progress bar (files only).
 
@@ -314,11 +317,12 @@ class HashingModel:
         return Codes.from_hash(self.image_hash_from_pixels(np.stack(pixels), batch_size))
 
     def _as_pixels(self, image: Any, position: int) -> np.ndarray:
-        """One PIL image or uint8 [H, W, 3] array -> float32 [S, S, 3] as in training."""
+        """One PIL image or uint8/uint16 [H, W, 3] array -> float32 [S, S, 3] as in
+        training (16-bit pixels through the radiometric contract)."""
         if hasattr(image, "convert") and hasattr(image, "size"):  # A PIL image.
             image = np.asarray(image.convert("RGB"))
         array = np.asarray(image)
-        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-            raise ValueError(f"image {position}: expected a file path, a PIL image or uint8 pixels "
-                             f"[H, W, 3], got {array.dtype} {array.shape}")
-        return resize_image(tf.constant(array), self.image_size).numpy()
+        if array.dtype not in (np.uint8, np.uint16) or array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"image {position}: expected a file path, a PIL image or uint8/uint16 "
+                             f"pixels [H, W, 3], got {array.dtype} {array.shape}")
+        return resize_image(tf.constant(self.radiometry.apply(array)), self.image_size).numpy()

@@ -4,9 +4,12 @@
 #   DSN=$(tools/start_test_postgres.sh)        start; prints postgresql://postgres@127.0.0.1:PORT/postgres
 #   tools/start_test_postgres.sh --stop "$DSN"  stop that server and delete its folder
 #
-# The PostgreSQL server programs come from Debian's `postgresql` package; when they
-# are missing and this runs as root with apt-get available, the package is installed
-# (CI runs as root on a Debian machine that reaches Debian's package registry).
+# The PostgreSQL server programs come from Debian's `postgresql` package and PostGIS
+# (for the archive's footprints) from `postgresql-MAJOR-postgis-3` of the server's
+# major version; when either is missing and this runs as root with apt-get available,
+# it is installed (CI runs as root on a Debian machine that reaches Debian's package
+# registry). Without PostGIS the server still starts, with a warning on stderr, so that
+# everything but the footprints can be tested; `CREATE EXTENSION postgis` then fails.
 # PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user
 # the package creates. The cluster lives in /tmp/rs_hashing_pg.PORT (data, socket,
 # log), listens on 127.0.0.1 only, trusts local connections, and does not fsync: it is
@@ -54,12 +57,57 @@ install_server() {
     (
         flock -w 600 9 || die "another PostgreSQL install holds the lock"
         if ! find_server_bin >/dev/null; then
-            export DEBIAN_FRONTEND=noninteractive
-            apt-get install -y -q postgresql >&2 || {
-                apt-get update -q >&2 && apt-get install -y -q postgresql >&2
+            apt_install postgresql || {
+                apt-get update -q >&2 && apt_install postgresql
             } || die "apt-get install postgresql failed"
         fi
     ) 9>/tmp/rs_hashing_pg_install.lock
+}
+
+apt_install() {
+    # Waits for another apt/dpkg run (not only for ours) instead of failing at once.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 "$@" >&2
+}
+
+# The folder holding the extension control files of the server in $1 (a bin folder).
+extension_dir() {
+    local sharedir
+    if [ -x "$1/pg_config" ] && sharedir="$("$1/pg_config" --sharedir 2>/dev/null)"; then
+        echo "$sharedir/extension"
+    else
+        echo "/usr/share/postgresql/$(server_major "$1")/extension"
+    fi
+}
+
+server_major() {
+    # `postgres -V` prints e.g. "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".
+    "$1/postgres" -V | awk '{ split($3, version, "."); print version[1] }'
+}
+
+# Installs PostGIS for the server in $1 when it is missing; returns non-zero (after a
+# warning) when it cannot, and the caller starts the server anyway.
+ensure_postgis() {
+    local bin="$1" major package
+    [ -f "$(extension_dir "$bin")/postgis.control" ] && return 0
+    major="$(server_major "$bin")"
+    package="postgresql-$major-postgis-3"
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "start_test_postgres: warning: PostGIS is not installed and this cannot install it (as root: apt-get install $package)" >&2
+        return 1
+    fi
+    echo "start_test_postgres: installing Debian's $package package" >&2
+    (
+        flock -w 900 9 || { echo "start_test_postgres: another install holds the lock" >&2; exit 1; }
+        if [ ! -f "$(extension_dir "$bin")/postgis.control" ]; then
+            # Recommends are command-line loaders (shp2pgsql, ...): not needed here.
+            apt_install --no-install-recommends "$package" \
+                || { apt-get update -q >&2 && apt_install --no-install-recommends "$package"; }
+        fi
+    ) 9>/tmp/rs_hashing_pg_install.lock
+    if [ ! -f "$(extension_dir "$bin")/postgis.control" ]; then
+        echo "start_test_postgres: warning: apt-get install $package failed; starting without PostGIS" >&2
+        return 1
+    fi
 }
 
 stop_server() {
@@ -85,6 +133,7 @@ BIN="$(find_server_bin)" || { install_server; BIN="$(find_server_bin)" || die "P
 if [ "$(id -u)" = 0 ]; then
     id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to run the server as"
 fi
+ensure_postgis "$BIN" || true
 
 for attempt in 1 2 3 4 5; do
     # A free loopback port (the kernel picks it); a race with another process is

@@ -1,8 +1,9 @@
 """Ground-station image hashing with a TFLite file: ai-edge-litert, numpy and Pillow.
 
 This module must never import TensorFlow or Keras (a ground station installs only
-`ai-edge-litert`, `numpy`, `pillow` and, for exact JPEG pixels, `simplejpeg`);
-tests/edge/edge_encoder_test.py checks that.
+`ai-edge-litert`, `numpy`, `pillow`, `rasterio` for GeoTIFFs and 16-bit PNGs and, for
+exact JPEG pixels, `simplejpeg`: requirements-edge.txt); tests/edge/edge_encoder_test.py
+checks that.
 
 Preprocessing reproduces `features.image_pipeline` (the training features):
 
@@ -13,7 +14,9 @@ Preprocessing reproduces `features.image_pipeline` (the training features):
   and gives TensorFlow's pixels exactly, so JPEGs go through it (`jpeg_decoder="auto"`);
   everything else (PNG, BMP, GIF, ...) goes through Pillow, which matches TensorFlow
   there. Grey images are expanded to RGB, alpha is dropped, EXIF orientation is
-  ignored, all as `tf.io.decode_image(channels=3)` does.
+  ignored, all as `tf.io.decode_image(channels=3)` does. 16-bit PNGs and GeoTIFF/TIFF
+  files are read with rasterio and pass through the run's radiometric contract
+  (`rs_hashing.geo.raster_image`, the very code the training side uses).
 * Resizing. The whole frame goes to S x S with Pillow's bilinear filter, which widens
   its support when shrinking exactly as `tf.image.resize(..., antialias=True)` does;
   each channel is resized as a 32-bit float image, so nothing is rounded to uint8 in
@@ -27,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib
 import io
+import json
 import os
 from typing import Iterator, Sequence
 
@@ -35,11 +39,15 @@ from ai_edge_litert import schema_py_generated as litert_schema
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+from rs_hashing.geo.radiometry import Radiometry
+from rs_hashing.image_files import IMAGE_EXTENSIONS
+
 OUTPUTS = ("code", "packed", "hash")
 INPUT_NAME = "image"
 JPEG_DECODERS = ("auto", "simplejpeg", "pillow")
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
 
 
 def _simplejpeg():
@@ -68,12 +76,25 @@ def jpeg_decoder_used(jpeg_decoder: str = "auto") -> str:
     return "pillow"
 
 
-def decode_image(data: bytes, jpeg_decoder: str = "auto", name: str = "image") -> np.ndarray:
-    """Encoded image bytes -> uint8 [H, W, 3] (see the module docstring).
+def _needs_raster_reader(data: bytes) -> bool:
+    """16-bit PNGs and TIFFs are read with rasterio through the radiometric contract."""
+    return (data[:8] == _PNG_MAGIC and len(data) > 24 and data[24] == 16) or data[:4] in _TIFF_MAGICS
+
+
+def decode_image(data: bytes, jpeg_decoder: str = "auto", name: str = "image",
+                 radiometry: Radiometry | None = None) -> np.ndarray:
+    """Encoded image bytes -> uint8 [H, W, 3] (see the module docstring); 16-bit PNG and
+    GeoTIFF/TIFF pass through the radiometric contract, exactly as in training.
 
     Raises:
         ValueError: the bytes are not a decodable image (the message names `name`).
     """
+    if _needs_raster_reader(data):
+        try:
+            from rs_hashing.geo.raster_image import read_raster_image  # pylint: disable=import-outside-toplevel
+        except ImportError as e:
+            raise ValueError(f"{name}: 16-bit PNG and TIFF images need rasterio ({e})") from None
+        return read_raster_image(data, radiometry, name=name)
     try:
         if data[:3] == _JPEG_MAGIC and jpeg_decoder_used(jpeg_decoder) == "simplejpeg":
             # Fast integer DCT and fancy upsampling: TensorFlow's default JPEG decode.
@@ -92,7 +113,8 @@ def resize_image(pixels: np.ndarray, image_size: int) -> np.ndarray:
     return np.clip(resized, 0.0, 255.0)
 
 
-def load_image(path: str, image_size: int, jpeg_decoder: str = "auto") -> np.ndarray:
+def load_image(path: str, image_size: int, jpeg_decoder: str = "auto",
+               radiometry: Radiometry | None = None) -> np.ndarray:
     """An image file -> float32 [S, S, 3] in [0, 255], as the training features saw it.
 
     Raises:
@@ -106,7 +128,7 @@ def load_image(path: str, image_size: int, jpeg_decoder: str = "auto") -> np.nda
         raise FileNotFoundError(f"{path}: no such image file") from None
     except IsADirectoryError:
         raise ValueError(f"{path}: is a folder, not an image file") from None
-    return resize_image(decode_image(data, jpeg_decoder, name=path), image_size)
+    return resize_image(decode_image(data, jpeg_decoder, name=path, radiometry=radiometry), image_size)
 
 
 def operator_names(model_content: bytes) -> list[str]:
@@ -124,6 +146,20 @@ def operator_names(model_content: bytes) -> list[str]:
             # Old files keep small op codes in the deprecated field only.
             names.add(builtin_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN"))
     return sorted(names)
+
+
+def exported_radiometry(model_path: str) -> Radiometry:
+    """The radiometric contract recorded in the export report beside a .tflite file
+    (`<stem>.json`, its run's `features`), or the default fixed contract without one."""
+    report = os.path.splitext(model_path)[0] + ".json"
+    try:
+        with open(report, encoding="utf-8") as f:
+            features = json.load(f).get("features") or {}
+    except (OSError, ValueError):
+        return Radiometry()
+    if "range16_low" not in features:
+        return Radiometry()
+    return Radiometry(range16=(features["range16_low"], features["range16_high"]))
 
 
 def find_images(paths: Sequence[str]) -> list[str]:
@@ -151,6 +187,9 @@ class EdgeEncoder:
             in threads while the current one runs.
         jpeg_decoder: "auto" (simplejpeg where installed, else Pillow), "simplejpeg"
             or "pillow"; see the module docstring.
+        radiometry: how 16-bit images become 8-bit input; default: the contract of the
+            run the model was exported from, read from the report beside the model
+            (`<stem>.json`), else the default fixed contract.
 
     Raises:
         FileNotFoundError: no such model file.
@@ -158,13 +197,14 @@ class EdgeEncoder:
     """
 
     def __init__(self, model_path: str, num_threads: int | None = None, batch_size: int = 16,
-                 jpeg_decoder: str = "auto"):
+                 jpeg_decoder: str = "auto", radiometry: Radiometry | None = None):
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"{model_path}: no such TFLite model file")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
         self.jpeg_decoder = jpeg_decoder_used(jpeg_decoder)
         self.model_path = model_path
+        self.radiometry = radiometry or exported_radiometry(model_path)
         self.batch_size = batch_size
         self.num_threads = num_threads or os.cpu_count() or 1
         self._interpreter = Interpreter(model_path=model_path, num_threads=self.num_threads)
@@ -210,7 +250,8 @@ class EdgeEncoder:
         batches = [list(paths[i:i + self.batch_size]) for i in range(0, len(paths), self.batch_size)]
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.num_threads) as pool:
             def submit(batch):
-                return [pool.submit(load_image, path, self.image_size, self.jpeg_decoder) for path in batch]
+                return [pool.submit(load_image, path, self.image_size, self.jpeg_decoder, self.radiometry)
+                        for path in batch]
 
             pending = submit(batches[0]) if batches else []
             for index, batch in enumerate(batches):

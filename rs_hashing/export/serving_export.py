@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from rs_hashing.hashing_model import HashingModel
-from rs_hashing.features.image_pipeline import decode_image, resize_image
+from rs_hashing.features.image_pipeline import decode_image, radiometry_of, resize_image
 
 DEFAULT_MODEL_NAME = "rs_hashing"
 SIGNATURES = ("encode_text", "encode_image", "encode_image_pixels")
@@ -113,7 +113,8 @@ def build_export_archive(hashing_model: HashingModel) -> keras.export.ExportArch
         image_bytes = _checked(image_bytes, input_specs("encode_image")[0])
         # Each image is decoded and resized on its own (sizes differ), with the
         # training pipeline's functions, then the batch runs through the encoder.
-        pixels = tf.map_fn(lambda data: resize_image(decode_image(data), size), image_bytes,
+        radiometry = radiometry_of(hashing_model.features)  # 16-bit PNGs, as in training
+        pixels = tf.map_fn(lambda data: resize_image(decode_image(data, radiometry), size), image_bytes,
                            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         return image_outputs(pixels)
 

@@ -12,12 +12,13 @@ from rs_hashing.encoders.frozen_encoders import FrozenEncoders
 from rs_hashing.errors import FeatureStoreError
 from rs_hashing.features.feature_extractor import FeatureExtractor
 from rs_hashing.features.feature_store import MANIFEST, FeatureStore
+from rs_hashing.features.image_pipeline import radiometry_of
 
 # Manifest fields that describe how features were made; a complete store whose manifest
 # agrees on all of them is reused instead of extracted again.
 ENCODER_INFO_KEYS = ("image_encoder", "image_weights", "image_size", "text_encoder", "text_pooling",
                      "sequence_length", "augment_seed", "image_augmenter", "caption_augmenter",
-                     "precision", "encoders")
+                     "precision", "encoders", "radiometry")
 
 
 def encoder_info(features: config_lib.FeatureConfig, encoders: FrozenEncoders,
@@ -36,6 +37,7 @@ def encoder_info(features: config_lib.FeatureConfig, encoders: FrozenEncoders,
         "image_augmenter": image_augmenter.get_config(),
         "caption_augmenter": caption_augmenter.get_config(),
         "encoders": encoders.identity(),
+        "radiometry": radiometry_of(features).to_dict(),
     }
 
 
@@ -75,5 +77,6 @@ def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir
         return finished
     extractor = FeatureExtractor(
         encoders.image, encoders.text, features.image_size, image_augmenter.augment,
-        caption_augmenter.augment, batch_size=features.encode_batch_size, progress=progress)
+        caption_augmenter.augment, batch_size=features.encode_batch_size, progress=progress,
+        radiometry=radiometry_of(features))
     return extractor.extract(dataset, out_dir, info)

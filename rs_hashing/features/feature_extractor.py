@@ -27,7 +27,8 @@ from rs_hashing.atomic_files import save_array_atomic, write_json_atomic
 from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.errors import DatasetError
 from rs_hashing.features.feature_store import FeatureStore
-from rs_hashing.features.image_pipeline import decode_image, resize_image
+from rs_hashing.features.image_pipeline import is_raster_path, load_pixels, read_raster, resize_image
+from rs_hashing.geo.radiometry import Radiometry
 
 
 @dataclasses.dataclass
@@ -41,10 +42,14 @@ class ExtractionReport:
 
 
 def find_bad_images(paths: Sequence[str]) -> list[str]:
-    """Fully decodes each file with Pillow and returns 'path: reason' for the failures."""
+    """Fully decodes each file (TIFFs with rasterio, others with Pillow) and returns
+    'path: reason' for the failures."""
     bad = []
     for path in paths:
         try:
+            if is_raster_path(path):
+                read_raster(path)
+                continue
             with Image.open(path) as image:
                 image.convert("RGB").load()
         except FileNotFoundError:
@@ -79,12 +84,14 @@ class FeatureExtractor:
       batch_size: encoder batch size.
       shard_size: images (or unique captions) per saved shard.
       progress: show progress bars.
+      radiometry: the radiometric contract of 16-bit images (default: the fixed one).
     """
 
     def __init__(self, image_encoder, text_encoder, image_size: int,
                  augment_image: Callable[[np.ndarray, int], np.ndarray],
                  augment_caption: Callable[[str, int], str], batch_size: int = 64,
-                 shard_size: int = 1000, text_batch_size: int = 256, progress: bool = True):
+                 shard_size: int = 1000, text_batch_size: int = 256, progress: bool = True,
+                 radiometry: Radiometry | None = None):
         if shard_size % batch_size:
             shard_size = (shard_size // batch_size + 1) * batch_size
         self.image_encoder = image_encoder
@@ -96,6 +103,7 @@ class FeatureExtractor:
         self.shard_size = shard_size
         self.text_batch_size = text_batch_size
         self.progress = progress
+        self.radiometry = radiometry or Radiometry()
         self._encode = tf.function(lambda x: image_encoder(x, training=False), reduce_retracing=True)
 
     # ---------------------------------------------------------------- images
@@ -106,7 +114,7 @@ class FeatureExtractor:
             return self.augment_image(image, int(index)).astype(np.uint8)
 
         def load(path, index):
-            image = decode_image(tf.io.read_file(path))
+            image = load_pixels(path, self.radiometry)
             augmented = tf.numpy_function(augment, [image, index], tf.uint8, stateful=False)
             augmented.set_shape([None, None, 3])
             return resize_image(image, size), resize_image(augmented, size)

@@ -20,11 +20,10 @@ from typing import Any
 from rs_hashing import config as config_lib
 from rs_hashing.data.loaders import load_dataset
 from rs_hashing.errors import DatasetError
+from rs_hashing.image_files import IMAGE_EXTENSIONS
 from rs_hashing.hashing_model import HashingModel
 from rs_hashing.index.hamming_index import DEFAULT_APPROXIMATE_ABOVE, HammingIndex
 
-# What tf.io.decode_image reads (the preprocessing shared with training).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 def files_items(paths: Sequence[str], root: str | None = None) -> tuple[str, list[dict[str, str]]]:

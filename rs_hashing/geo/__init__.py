@@ -1,0 +1,1 @@
+"""Earth-observation scenes in, geography out: GeoTIFF/COG and STAC scenes cut into encoder-ready tiles."""
