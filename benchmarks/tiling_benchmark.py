@@ -10,12 +10,13 @@ r"""Tiling speed and peak memory on a full-size synthetic Sentinel-2-like COG.
    bottom-right corner beyond a diagonal, as at a swath edge); then GDAL's COG driver
    copies it into a Cloud-Optimized GeoTIFF (512 x 512 blocks, DEFLATE, overviews).
    Neither step ever holds the scene whole; the child's own peak memory is printed.
-2. This process tiles it with `rs_hashing.geo.Tiler` (`--tile` px tiles every
+2. This process tiles it with `rs_hashing.geo.tiler.Tiler` (`--tile` px tiles every
    `--stride` px, bands `--bands`, min_valid 0.5) and prints tiles/s, megapixels/s, the
    tiles yielded and skipped (nodata, partial edges), and peak memory: ru_maxrss of this
    process (which includes the interpreter and libraries; their share before tiling is
    printed too) and, with --tracemalloc, the peak of Python and NumPy allocations during
    tiling. Target: at most 2 GB whatever the scene size.
+   `--scene=PATH` tiles an existing file instead.
 3. With `--encode_run=RUN_DIR`, the tiles are also encoded in batches of
    `--encode_batch` through `HashingModel.from_run(RUN_DIR).encode_images`, and tiles/s
    and peak memory of tiling + encoding are printed.
@@ -43,6 +44,7 @@ flags.DEFINE_bool("tracemalloc", True, "Also trace the peak of Python/NumPy allo
 flags.DEFINE_string("encode_run", None, "Also encode the tiles with this trained run.")
 flags.DEFINE_integer("encode_batch", 64, "Tiles per encode_images call.")
 flags.DEFINE_string("workdir", None, "Folder for the synthetic scene (a temporary one if None).")
+flags.DEFINE_string("scene", None, "Tile this raster file instead of making a synthetic scene.")
 flags.DEFINE_string("out", None, "Also write the results here as JSON.")
 flags.DEFINE_string("write_scene", None, "Internal: write the synthetic scene to this path and exit.")
 FLAGS = flags.FLAGS
@@ -103,11 +105,12 @@ def write_scene(path: str, size: int) -> None:
         f"writer peak RSS {peak_rss_bytes() / 2**20:.0f} MiB")
 
 
-def expected_counts(size: int, tile: int, stride: int) -> tuple[int, int]:
-    """(whole tiles, partial edge positions) of a size x size scene."""
-    whole = (size - tile) // stride + 1 if size >= tile else 0
-    positions = -(-size // stride)
-    return whole * whole, positions * positions - whole * whole
+def expected_counts(width: int, height: int, tile: int, stride: int) -> tuple[int, int]:
+    """(whole tiles, partial edge positions) of a width x height scene, by the arithmetic
+    of the module docstring of rs_hashing.geo.tiler."""
+    whole = [(length - tile) // stride + 1 if length >= tile else 0 for length in (width, height)]
+    positions = [-(-length // stride) for length in (width, height)]
+    return whole[0] * whole[1], positions[0] * positions[1] - whole[0] * whole[1]
 
 
 def run_tiling(path: str, encode_run: str | None) -> dict:
@@ -143,9 +146,9 @@ def run_tiling(path: str, encode_run: str | None) -> dict:
     if FLAGS.tracemalloc:
         tracemalloc.stop()
     report = tiling.report
-    whole, edge = expected_counts(FLAGS.size, FLAGS.tile, FLAGS.stride)
+    whole, edge = expected_counts(scene.width, scene.height, FLAGS.tile, FLAGS.stride)
     result = {
-        "scene": {"size": FLAGS.size, "bands": FLAGS.bands, "file_mib": round(os.path.getsize(path) / 2**20, 1)},
+        "scene": {"width": scene.width, "height": scene.height, "bands": FLAGS.bands, "file_mib": round(os.path.getsize(path) / 2**20, 1)},
         "tiler": {"tile": FLAGS.tile, "stride": FLAGS.stride, "radiometry": FLAGS.radiometry,
                   "gdal_cache_mb": FLAGS.gdal_cache_mb},
         "report": report.to_dict(),
@@ -175,6 +178,12 @@ def main(argv):
     del argv
     if FLAGS.write_scene:
         write_scene(FLAGS.write_scene, FLAGS.size)
+        return
+    if FLAGS.scene:
+        result = run_tiling(FLAGS.scene, FLAGS.encode_run)
+        if FLAGS.out:
+            with open(FLAGS.out, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=2)
         return
     with tempfile.TemporaryDirectory(dir=FLAGS.workdir) as workdir:
         path = os.path.join(workdir, f"synthetic_{FLAGS.size}.tif")

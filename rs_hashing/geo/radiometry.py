@@ -159,8 +159,13 @@ class Radiometry:
         _check_channels(pixels.shape)
         contract = self.resolved_for_dtype(pixels.dtype)
         low, scale = contract._scale_and_offset()  # pylint: disable=protected-access
-        values = (pixels.astype(np.float32) - low) * scale
-        return np.clip(np.rint(values), 0.0, 255.0).astype(np.uint8)
+        # In place, one float32 buffer: the same operations as (v - low) * scale, rint, clip.
+        values = pixels.astype(np.float32)
+        values -= low
+        values *= scale
+        np.rint(values, out=values)
+        np.clip(values, np.float32(0.0), np.float32(255.0), out=values)
+        return values.astype(np.uint8)
 
     def tf_apply(self, pixels: Any) -> Any:
         """`apply` with TensorFlow ops, for a graph: uint8/uint16 tensor [..., 3] -> uint8.

@@ -169,9 +169,10 @@ class Scene:
         it (GDAL's per-band masks, combined). Without one, a pixel whose three bands are
         all zero is taken as nodata (the fill of most uint8/uint16 products).
         """
+        red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
         if self.nodata is None:
-            return np.any(pixels != 0, axis=-1)
-        return np.all(pixels != self.nodata, axis=-1)
+            return (red != 0) | (green != 0) | (blue != 0)
+        return (red != self.nodata) & (green != self.nodata) & (blue != self.nodata)
 
     # ------------------------------------------------------------------ sources
     @classmethod

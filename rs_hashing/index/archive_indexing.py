@@ -12,16 +12,24 @@ The library side of `rs-hashing index` and `rs-hashing search`:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+from tqdm.auto import tqdm
+
 from rs_hashing import config as config_lib
 from rs_hashing.data.loaders import load_dataset
 from rs_hashing.errors import DatasetError
-from rs_hashing.image_files import IMAGE_EXTENSIONS
+from rs_hashing.geo.radiometry import Radiometry
+from rs_hashing.geo.scene import Scene
+from rs_hashing.geo.scene_reader import SceneReader
+from rs_hashing.geo.tiler import Tiler
 from rs_hashing.hashing_model import HashingModel
+from rs_hashing.image_files import IMAGE_EXTENSIONS
 from rs_hashing.index.hamming_index import DEFAULT_APPROXIMATE_ABOVE, HammingIndex
 
 
@@ -139,6 +147,79 @@ def index_archive(model: HashingModel, root: str, items: Sequence[Mapping[str, A
     index.add(codes, metadata=[dict(item) for item in items])
     index.save(out_path)
     return index
+
+
+def index_scenes(model: HashingModel, sources: Sequence[str], out_path: str,
+                 tiler: Tiler, bands: Sequence[int | str] | None = None, nodata: float | None = None,
+                 batch_size: int | None = None, progress: bool = True, kind: str = "auto",
+                 nlist: int | None = None, nprobe: int | None = None,
+                 approximate_above: int = DEFAULT_APPROXIMATE_ABOVE) -> HammingIndex:
+    """Tiles GeoTIFF/COG scenes (files, folders, STAC Item or ItemCollection JSON),
+    encodes the tiles in batches as they are read, and saves the index.
+
+    Each item's metadata is its tile's (`Tile.metadata`: scene, window, time, bounds,
+    CRS, footprint in EPSG:4326, radiometry); the index info records every scene's
+    source and bands, so a tile can be read again (thumbnails, locator pictures), and the
+    tiling report (tiles kept, skipped for nodata, partial edge tiles).
+
+    Raises:
+        SceneError: a source that cannot be read as scenes (the message names it).
+        DatasetError: no tile at all.
+    """
+    found = [(source, scene) for source in sources for scene in Scene.discover(source, bands, nodata)]
+    scenes = [scene for _, scene in found]
+    ids = [scene.scene_id for scene in scenes]
+    repeated = sorted({scene_id for scene_id in ids if ids.count(scene_id) > 1})
+    if repeated:
+        raise DatasetError(f"scene ids occur more than once: {', '.join(repeated)} (each scene once, please)")
+    batch_size = batch_size or model.config.features.encode_batch_size
+    started = time.perf_counter()
+    tiling = tiler.tiles(scenes)
+    total = sum(len(tiler.windows(scene)[0]) for scene in scenes)
+    codes, metadata, batch = [], [], []
+    with tqdm(total=total, desc="tiles", unit="tile", disable=not progress) as bar:
+        for tile in tiling:
+            batch.append(tile.pixels)
+            metadata.append(tile.metadata())
+            if len(batch) == batch_size:
+                codes.append(model.encode_images(batch).codes)
+                batch = []
+            bar.n = tiling.report.tiles + tiling.report.skipped_nodata
+            bar.refresh()
+        if batch:
+            codes.append(model.encode_images(batch).codes)
+    if not metadata:
+        raise DatasetError(f"{', '.join(sources)}: no tile holds enough data "
+                           f"({tiling.report.skipped_nodata} skipped for nodata)")
+    info = {"run": os.path.abspath(model.run_dir), "model": model.fingerprint(),
+            "source": "scenes " + ", ".join(sources), "image_size": model.image_size,
+            "scenes": {scene.scene_id: {"source": os.path.abspath(source), "bands": list(bands or []),
+                                        "nodata": nodata} for source, scene in found},
+            "tiler": {"size": tiler.size, "stride": tiler.stride, "unit": tiler.unit,
+                      "min_valid": tiler.min_valid},
+            "tiling": dataclasses.asdict(tiling.report),
+            "encode_seconds": round(time.perf_counter() - started, 2)}
+    index = HammingIndex(model.bits, kind=kind, approximate_above=approximate_above,
+                         nlist=nlist, nprobe=nprobe, info=info)
+    index.add(np.concatenate(codes), metadata=metadata)
+    index.save(out_path)
+    return index
+
+
+def tile_pixels(index_info: Mapping[str, Any], item: Mapping[str, Any]) -> np.ndarray:
+    """The uint8 pixels of an indexed tile, read again from its scene with the radiometry
+    it was indexed with.
+
+    Raises:
+        SceneError, ValueError: the scene's source is gone or changed.
+    """
+    spec = index_info["scenes"][item["scene_id"]]
+    scene = next(s for s in Scene.discover(spec["source"], spec["bands"] or None, spec.get("nodata"))
+                 if s.scene_id == item["scene_id"])
+    window = item["window"]
+    with SceneReader(scene) as reader:
+        pixels, _ = reader.read((window["col_off"], window["row_off"], window["width"], window["height"]))
+    return Radiometry.from_dict(item["radiometry"]).apply(pixels)
 
 
 def open_index(path: str, model: HashingModel) -> HammingIndex:

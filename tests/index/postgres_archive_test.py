@@ -176,8 +176,8 @@ def _scenes(rng, n):
         elif i % 3 == 0:
             given_times.append(str(time.astype("datetime64[s]")) + "Z")
         elif i % 3 == 1:  # the same instant two hours east of UTC
-            plus_two = datetime.timezone(datetime.timedelta(hours=2))
-            given_times.append(time.item().replace(tzinfo=datetime.timezone.utc).astimezone(plus_two))
+            utc = time.item().replace(tzinfo=datetime.timezone.utc)
+            given_times.append(utc.astimezone(datetime.timezone(datetime.timedelta(hours=2))))
         else:
             given_times.append(time)  # datetime64 without an offset: UTC
     return footprints, times, given_footprints, given_times
@@ -322,13 +322,19 @@ def test_bad_times_and_footprints_are_refused(archive, postgis):
     codes = np.ones((2, 8), np.int8)
     good = shapely.box(0, 0, 1, 1)
     bowtie = shapely.Polygon([(0, 0), (1, 1), (1, 0), (0, 1)])
+    with np.errstate(invalid="ignore"):  # shapely warns about the NaN it is asked for
+        not_finite = shapely.Polygon([(0, 0), (1, 0), (float("nan"), 1)])
     refusals = [
         (dict(footprints=[good]), "footprints must be a sequence of 2"),
-        (dict(footprints=[good, bowtie]), r"footprints\[1\].*not a valid polygon \(Self-intersection"),
+        (dict(footprints=[good, bowtie]),
+         r"footprints\[1\].*not a valid polygon \(Self-intersection"),
+        (dict(footprints=[not_finite, good]),
+         r"footprints\[0\].*not finite"),
         (dict(footprints=[shapely.Point(0, 0), good]), r"footprints\[0\].*got a Point"),
         (dict(footprints=[good, shapely.box(170, 0, 190, 1)]), r"footprints\[1\].*leaves lon"),
         (dict(footprints=[{"type": "Feature"}, good]), r"footprints\[0\].*not a GeoJSON geometry"),
-        (dict(footprints=[good, "POLYGON ((0 0, 1 0, 1 1, 0 0))"]), r"footprints\[1\].*must be a GeoJSON"),
+        (dict(footprints=[good, "POLYGON ((0 0, 1 0, 1 1, 0 0))"]),
+         r"footprints\[1\].*must be a GeoJSON"),
         (dict(times=["2021-01-01", "31/12/2021"]), r"times\[1\]='31/12/2021' is not an ISO 8601"),
         (dict(times=[np.datetime64("NaT"), None]), r"times\[0\]=NaT is not a time"),
     ]
