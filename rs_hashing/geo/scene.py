@@ -8,9 +8,12 @@ Where scenes come from (`Scene.discover` picks by what the path is):
     `("B04", "B03", "B02")`, or by eo:bands common name ("red", "green", "blue", read
     from `eo:bands` / `bands` of the assets); an item with one multiband raster asset
     also takes 1-based indices into it. By default: the assets whose common names are
-    red, green and blue, else the first three bands of the item's only raster asset.
-    `scene_id` is the item id, the acquisition time the item's `datetime` (else its
-    `start_datetime`). Relative asset hrefs are relative to the JSON file.
+    red, green and blue, else the first three bands of the item's only raster asset. An
+    asset key names band 1 of its file; a common name found in a multiband asset's
+    eo:bands names that band.
+    `scene_id` is the item id, the acquisition time the item's `datetime` (None for an
+    item known only to lie in a period: null datetime with start/end_datetime).
+    Relative asset hrefs are relative to the JSON file.
   * a local STAC ItemCollection JSON, `Scene.from_stac_item_collection`: one scene per item.
   * a folder, `Scene.from_folder`: every *.tif / *.tiff below it (recursively, sorted by
     path), one scene each.
@@ -265,7 +268,9 @@ class Scene:
             if not 1 <= index <= datasets[href][1]:
                 raise SceneError(f"{label}: band {index} is out of range; the file has {datasets[href][1]} bands")
             picks.append((href, index, key))
-        acquired = item.datetime or item.common_metadata.start_datetime
+        # An item known only to lie in a period (null datetime, start/end) has no time.
+        start, end = item.common_metadata.start_datetime, item.common_metadata.end_datetime
+        acquired = item.datetime or (start if start is not None and start == end else None)
         return cls._assemble(item.id, picks, {href: grid for href, (grid, _) in datasets.items()}, nodata,
                              acquired.isoformat() if acquired else None, where=where)
 

@@ -100,7 +100,7 @@ def write_locator(hits: Sequence[Mapping[str, Any]], scenes: Mapping[str, Mappin
             by_scene.setdefault(hit["scene_id"], []).append((rank, hit))
     if not by_scene:
         raise ValueError("no result lies in a scene of the index: nothing to locate")
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=15)
     panels = []
     for scene_id, ranked in by_scene.items():
         image, factor = _quicklook(_scene_of(scenes[scene_id], scene_id), ranked[0][1]["radiometry"])
@@ -111,7 +111,9 @@ def write_locator(hits: Sequence[Mapping[str, Any]], scenes: Mapping[str, Mappin
                    (window["col_off"] + window["width"]) * factor, (window["row_off"] + window["height"]) * factor]
             colour = _COLOURS[(rank - 1) % len(_COLOURS)]
             draw.rectangle(box, outline=colour, width=2)
-            draw.text((box[0] + 3, box[1] + 2), str(rank), fill=colour, font=font)
+            label = (box[0] + 3, box[1] + 2)
+            draw.rectangle(draw.textbbox(label, str(rank), font=font), fill=(255, 255, 255))
+            draw.text(label, str(rank), fill=colour, font=font)
         acquired = ranked[0][1].get("acquired") or ""
         panels.append((f"{scene_id} {acquired[:10]}".strip(), image))
     columns = min(2, len(panels))

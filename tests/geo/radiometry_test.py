@@ -66,8 +66,9 @@ def test_numpy_and_tensorflow_give_the_same_bytes_on_every_uint16_value(low, hig
     pixels = np.stack([every_value, rng.permutation(every_value), every_value[::-1]], axis=-1).reshape(256, 256, 3)
     expected = contract.apply(pixels)
     np.testing.assert_array_equal(contract.tf_apply(tf.constant(pixels)).numpy(), expected)
-    graph = tf.function(contract.tf_apply, input_signature=[tf.TensorSpec([None, None, 3], tf.uint16)])
-    np.testing.assert_array_equal(graph(tf.constant(pixels)).numpy(), expected)
+    for shape in ([None, None, 3], None):  # A graph input of known channels, and of unknown rank.
+        graph = tf.function(contract.tf_apply, input_signature=[tf.TensorSpec(shape, tf.uint16)])
+        np.testing.assert_array_equal(graph(tf.constant(pixels)).numpy(), expected)
     # Both ends are reached and clipped (a check that the test exercises clipping).
     assert expected.min() == 0 and expected.max() == 255
 

