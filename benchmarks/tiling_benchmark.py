@@ -185,6 +185,8 @@ def main(argv):
             with open(FLAGS.out, "w", encoding="utf-8") as f:
                 json.dump(result, f, indent=2)
         return
+    if FLAGS.workdir:
+        os.makedirs(FLAGS.workdir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=FLAGS.workdir) as workdir:
         path = os.path.join(workdir, f"synthetic_{FLAGS.size}.tif")
         started = time.perf_counter()

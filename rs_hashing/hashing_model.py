@@ -34,6 +34,7 @@ from rs_hashing.encoders.frozen_encoders import FrozenEncoders
 from rs_hashing.errors import DatasetError, RunFolderError
 from rs_hashing.features.feature_extractor import bad_images_named
 from rs_hashing.features.image_pipeline import decode_image, load_image, radiometry_of, resize_image
+from rs_hashing.image_files import IMAGE_EXTENSIONS, is_image_file
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 
 # What `train` leaves in a finished run folder and what loading it needs.
@@ -265,6 +266,10 @@ class HashingModel:
         if missing:
             raise DatasetError(f"{len(missing)} image file(s) not found: {', '.join(missing[:5])}"
                                + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else ""))
+        not_images = [p for p in paths if not is_image_file(p)]
+        if not_images:
+            raise DatasetError(f"{len(not_images)} file(s) are not images ({', '.join(IMAGE_EXTENSIONS)}): "
+                               f"{', '.join(not_images[:5])}")
         if not paths:
             return np.zeros((0, self.bits), np.float32)
         batch_size = batch_size or self.config.features.encode_batch_size

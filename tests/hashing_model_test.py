@@ -65,7 +65,7 @@ def test_arrays_and_pil_images_give_the_codes_of_their_files(tmp_path, model):
     from_files = model.encode_images(png_paths).codes
     np.testing.assert_array_equal(model.encode_images(arrays).codes, from_files)
     np.testing.assert_array_equal(model.encode_images([Image.open(p) for p in png_paths]).codes, from_files)
-    with pytest.raises(ValueError, match="image 0: expected .* uint8 pixels"):
+    with pytest.raises(ValueError, match="image 0: expected .* uint8/uint16 pixels"):
         model.encode_images([np.zeros((4, 4, 3), np.float32)])
     with pytest.raises(ValueError, match="not one path"):
         model.encode_images(png_paths[0])

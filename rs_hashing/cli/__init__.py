@@ -114,7 +114,10 @@ def run_command(name: str, argv: list[str] | None = None) -> int:
         print(config_flags.format_help(program, module.__doc__ or "", own, config_names,
                                        _preset_in(argv, preset) if preset else None))
         return 0
-    app.run(module.main, argv=[program, *argv], flags_parser=config_flags.parse_flags)
+    # Python-side INFO logging (TensorFlow's checkpoint notes, ...) stays quiet as well
+    # unless --verbosity asks for it.
+    quiet = [] if _verbose(argv) else ["--verbosity=-1"]
+    app.run(module.main, argv=[program, *quiet, *argv], flags_parser=config_flags.parse_flags)
     return 0
 
 

@@ -14,6 +14,7 @@ status is then 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 DEFAULT_PRESET = None
@@ -35,6 +36,7 @@ def parse_args(argv: list[str], prog: str) -> argparse.Namespace:
 def main(argv: list[str] | None = None, prog: str = "rs-hashing edge-encode") -> int:
     try:
         from rs_hashing.edge.edge_encoder import EdgeEncoder, find_images  # pylint: disable=import-outside-toplevel
+        from rs_hashing.image_files import is_image_file  # pylint: disable=import-outside-toplevel
     except ImportError as e:
         print(f"error: the edge runtime needs ai-edge-litert, numpy and Pillow ({e})", file=sys.stderr)
         return 2
@@ -45,6 +47,11 @@ def main(argv: list[str] | None = None, prog: str = "rs-hashing edge-encode") ->
     except (FileNotFoundError, ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    skipped = [os.path.join(folder, name) for folder in args.images if os.path.isdir(folder)
+               for name in os.listdir(folder)
+               if os.path.isfile(os.path.join(folder, name)) and not is_image_file(name)]
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) that are not images, e.g. {skipped[0]}", file=sys.stderr)
     failures = 0
     for path, outputs, error in encoder.iter_files(find_images(args.images)):
         if error is not None:

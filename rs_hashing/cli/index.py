@@ -9,9 +9,9 @@ r"""Indexes an image archive with a trained run, for `rs-hashing search`.
 The archive is Earth-observation scenes (--scenes: GeoTIFF/COG files, folders of them,
 or local STAC Item / ItemCollection JSON files), cut into tiles that keep their
 geography (footprint, window, time); or image files and folders (--images, folders
-searched recursively); or a caption dataset (--preset / --dataset / --data_dir / --caption_file / --image_dir; with
-none of them, the dataset the run was trained on), whose captions and classes are kept
-with each image. Images pass through the run's image encoder and image hash head in
+searched recursively); or a caption dataset (--preset / --dataset / --data_dir /
+--caption_file / --image_dir; with none of them, the dataset the run was trained on),
+whose captions and classes are kept with each image. Images pass through the run's image encoder and image hash head in
 batches with a progress bar; the index is exact up to --approximate_above images.
 """
 
@@ -40,10 +40,10 @@ def define_flags() -> list[str]:
     flags.DEFINE_list("scenes", None, "GeoTIFF/COG files, folders of them, or STAC Item / "
                       "ItemCollection JSON files to tile and index, instead of a dataset.")
     flags.DEFINE_list("bands", None, "With --scenes: the R,G,B bands, 1-based indexes of a file "
-                      "(4,3,2) or STAC asset keys (B04,B03,B02); default: the first three.")
+                      "(4,3,2) or STAC asset keys (B04,B03,B02); unset: the first three.")
     flags.DEFINE_float("nodata", None, "With --scenes: the nodata value when the files do not say.")
     flags.DEFINE_float("tile_size", 256, "With --scenes: tile size, in --tile_unit.", lower_bound=0)
-    flags.DEFINE_float("tile_stride", None, "With --scenes: step between tiles (default: the size, no "
+    flags.DEFINE_float("tile_stride", None, "With --scenes: step between tiles (unset: the size, no "
                        "overlap).", lower_bound=0)
     flags.DEFINE_enum("tile_unit", "px", list(UNITS), "With --scenes: px, or m (metres, rounded per "
                       "scene to whole pixels).")
@@ -52,7 +52,7 @@ def define_flags() -> list[str]:
     flags.DEFINE_enum("radiometry", None, list(RADIOMETRIES), "With --scenes: fixed (the run's "
                       "16-bit range, as in training) or percentile (each scene's p2-p98); "
                       "default: the run's.")
-    flags.DEFINE_enum("preset", None, list(config_lib.PRESETS), "Dataset preset to index (default: "
+    flags.DEFINE_enum("preset", None, list(config_lib.PRESETS), "Dataset preset to index (unset: "
                       "the run's own dataset).")
     flags.DEFINE_enum("dataset", None, list(config_lib.DATASETS), "Dataset layout to index.")
     flags.DEFINE_string("data_dir", None, "Folder holding the caption file and the image folder.")

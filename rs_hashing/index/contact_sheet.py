@@ -18,6 +18,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from rs_hashing.geo.raster_image import read_raster_image
+from rs_hashing.image_files import RASTER_EXTENSIONS
+
 _FORMATS = (".png", ".html")
 _BACKGROUND = (255, 255, 255)
 _MISSING_FILL = (200, 200, 200)
@@ -27,10 +30,13 @@ _TEXT = (20, 20, 20)
 def _thumbnail(path: str, size: int) -> tuple[Image.Image, bool]:
     """The image fitted into size x size (aspect kept), and whether it could be read."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((size, size))
-            return image, True
+        if path.lower().endswith(RASTER_EXTENSIONS):  # 16-bit and multiband: the contract
+            image = Image.fromarray(read_raster_image(path))
+        else:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        image.thumbnail((size, size))
+        return image, True
     except (OSError, ValueError):
         return Image.new("RGB", (size, size), _MISSING_FILL), False
 

