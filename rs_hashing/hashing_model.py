@@ -34,6 +34,7 @@ from rs_hashing.encoders.frozen_encoders import FrozenEncoders
 from rs_hashing.errors import DatasetError, RunFolderError
 from rs_hashing.features.feature_extractor import bad_images_named
 from rs_hashing.features.image_pipeline import decode_image, load_image, radiometry_of, resize_image
+from rs_hashing.geo.raster_image import read_raster_image
 from rs_hashing.image_files import IMAGE_EXTENSIONS, is_image_file
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 
@@ -220,8 +221,12 @@ class HashingModel:
         return np.asarray(self.heads.encode_text(features, training=False), np.float32)
 
     def preprocess_image_bytes(self, image_bytes: bytes) -> np.ndarray:
-        """Encoded image (JPEG/PNG/...) -> float32 [S, S, 3], exactly as in training."""
-        return resize_image(decode_image(tf.constant(image_bytes), self.radiometry), self.image_size).numpy()
+        """Encoded image (JPEG/PNG/.../TIFF) -> float32 [S, S, 3], exactly as in training."""
+        if image_bytes[:4] in (b"II*\x00", b"MM\x00*"):  # TIFF: rasterio, as for files
+            pixels = tf.constant(read_raster_image(image_bytes, self.radiometry))
+        else:
+            pixels = decode_image(tf.constant(image_bytes), self.radiometry)
+        return resize_image(pixels, self.image_size).numpy()
 
     def _pixels_to_hash(self):
         if self._image_function is None:

@@ -24,3 +24,31 @@ def test_search_by_text_ranks_like_the_numpy_reference(tmp_path):
         assert result["results"] == [
             {"image": f"img_{j}.png", "class": ("beach", "forest")[j % 2],
              "hamming": int(distances[i, j])} for j in ranking[i]]
+
+
+def test_main_job_loads_the_dataset_once_and_builds_each_encoder_once(tmp_path, monkeypatch):
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from rs_hashing import config as config_lib  # pylint: disable=import-outside-toplevel
+    from rs_hashing import main_job  # pylint: disable=import-outside-toplevel
+    from rs_hashing.encoders import frozen_encoders  # pylint: disable=import-outside-toplevel
+    from rs_hashing.training import trainer  # pylint: disable=import-outside-toplevel
+
+    calls = {"dataset": 0, "image": 0, "text": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(main_job, "load_dataset", counting("dataset", main_job.load_dataset))
+    monkeypatch.setattr(trainer, "load_dataset", counting("dataset", trainer.load_dataset))
+    monkeypatch.setattr(frozen_encoders, "build_image_encoder",
+                        counting("image", frozen_encoders.build_image_encoder))
+    monkeypatch.setattr(frozen_encoders.TextEncoder, "tiny", counting("text", frozen_encoders.TextEncoder.tiny))
+    keras.utils.set_random_seed(0)
+    config = config_lib.apply_overrides(config_lib.get_preset("smoke"), {"epochs": 1})
+    summary = main_job.run_main_job(config, str(tmp_path / "demo"), ["a sandy beach"], verbose=0)
+    assert calls == {"dataset": 1, "image": 1, "text": 1}
+    assert summary["located"]["tiles"] > 0 and summary["search"][0]["query"] == "a sandy beach"

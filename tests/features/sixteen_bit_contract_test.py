@@ -53,6 +53,8 @@ def test_training_savedmodel_and_edge_give_the_same_codes(scene, model, tmp_path
     from_files = model.encode_images([scene["png"], scene["tif"]]).codes
     np.testing.assert_array_equal(from_files, np.repeat(reference, 2, axis=0))
     resized = load_image(tf.constant(scene["tif"]), model.image_size).numpy()
+    for key in ("tif", "png"):  # bytes (the export's measurement path) as files
+        np.testing.assert_array_equal(model.preprocess_image_bytes(open(scene[key], "rb").read()), resized)
     np.testing.assert_array_equal(
         np.where(model.image_hash_from_pixels(resized[None]) >= 0, 1, -1), reference)
     # The SavedModel's encode_image on the 16-bit PNG's bytes.
