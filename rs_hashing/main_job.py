@@ -98,9 +98,11 @@ def export_run(model: HashingModel, export_dir: str, sample_images: list[str]) -
     return {"savedmodel": savedmodel, "tflite": tflite, "tflite_report": report, "warmup": warmup}
 
 
-def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], verbose: int = 2) -> dict:
+def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], verbose: int = 2,
+                 overwrite: bool = False) -> dict:
     """Extracts features (or reuses them), trains, evaluates, searches and exports;
-    returns a summary (also written to `workdir/summary.json`)."""
+    returns a summary (also written to `workdir/summary.json`). A run folder of another
+    configuration is refused unless `overwrite` (then the run starts afresh)."""
     timings = {}
     started = time.perf_counter()
     dataset = load_dataset(config.data)
@@ -118,7 +120,7 @@ def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], ve
                                                  "run_dir": os.path.join(workdir, "run")})
 
     t = time.perf_counter()
-    results = trainer.train(config, verbose=verbose, dataset=dataset)
+    results = trainer.train(config, verbose=verbose, dataset=dataset, overwrite=overwrite)
     timings["train_and_evaluate_s"] = time.perf_counter() - t
     model = HashingModel.from_run(config.train.run_dir,
                                   encoders=encoders if policy is None else None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
+from rs_hashing.atomic_files import atomic_path
+
 TASK_NAMES = {"i2t": "image -> text", "t2i": "text -> image", "i2i": "image -> image", "t2t": "text -> text"}
 
 
@@ -18,10 +20,16 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
+    """Saves (and closes) `fig` at `path` atomically: drawn into a temporary file beside
+    it that replaces `path` only when complete, so a full disk or a crash leaves the
+    previous picture. The format comes from `path`'s extension (PNG without one)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:].lower() or "png")
+    finally:
+        _pyplot().close(fig)
     return path
 
 

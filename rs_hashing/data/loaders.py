@@ -13,6 +13,13 @@ a user label file (`filename,label` CSV or a JSON object) overrides both.
 Every problem is reported as a `DatasetError` that names the file and the item: missing
 images (count and first few names), empty or non-UTF-8 captions, duplicate file names,
 unreadable JSON or CSV, items without a class.
+
+Image names are relative paths inside the image folder (subfolders are fine). A caption
+file is input from whoever made the archive, so a name that is absolute, has a `..`
+component (`/` or `\\` separated) or a NUL byte is refused, and so is a name that
+resolves, through a symbolic link, to a path outside the image folder: images may be
+links, but only to files inside the folder (link the folder itself to keep images
+elsewhere; the folder is resolved first).
 """
 
 from __future__ import annotations
@@ -119,9 +126,46 @@ def _check_images(source: str, image_dir: str, filenames: Sequence[str]) -> None
             f"{_listing(missing)}")
 
 
+def _outside_reason(root: str, filename: str) -> str | None:
+    """Why `filename` does not name a path inside the resolved folder `root`, or None."""
+    if "\0" in filename:
+        return "it holds a NUL byte"
+    if os.path.isabs(filename) or filename.startswith("\\"):
+        return "it is an absolute path"
+    if ".." in re.split(r"[/\\]", filename):
+        return "it has a '..' component"
+    # One lstat per component; only a name with a link in it is resolved whole
+    # (realpath would also re-walk the folder's own path for every image).
+    current = root
+    for part in filename.split("/"):
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            resolved = os.path.realpath(os.path.join(root, filename))
+            if os.path.commonpath([root, resolved]) != root:
+                return f"it resolves through a symbolic link to {resolved}"
+            break
+    return None
+
+
+def _check_inside(source: str, image_dir: str, filenames: Sequence[str],
+                  places: Sequence[str]) -> None:
+    """Refuses the first image name that leaves the image folder; `places` say where
+    each name stands in the caption file (': images[3]', ', line 5')."""
+    root = os.path.realpath(image_dir)
+    for filename, place in zip(filenames, places):
+        reason = _outside_reason(root, filename)
+        if reason is not None:
+            raise DatasetError(
+                f"{source}{place}: image {filename!r} leaves the image folder {image_dir} "
+                f"({reason}); image names must be relative paths inside it")
+
+
 def _build(name: str, source: str, image_dir: str, filenames: list[str],
            captions: list[tuple[str, ...]], field_labels: list[str | None],
-           label_file: str | None, check_images: bool) -> CaptionDataset:
+           label_file: str | None, check_images: bool, places: list[str]) -> CaptionDataset:
+    # Before anything else looks at a name: checking for a file named '../x' already
+    # probes outside the folder.
+    _check_inside(source, image_dir, filenames, places)
     seen: dict[str, int] = {}
     duplicates = []
     for i, f in enumerate(filenames):
@@ -181,7 +225,8 @@ def load_karpathy(caption_file: str, image_dir: str = "", label_file: str = "",
         raise DatasetError(f"{caption_file}: the 'images' list is empty")
     image_dir = image_dir or find_image_dir(os.path.dirname(os.path.abspath(caption_file)))
     return _build(name or content.get("dataset") or "karpathy", caption_file, image_dir, filenames,
-                  captions, field_labels, label_file or None, check_images)
+                  captions, field_labels, label_file or None, check_images,
+                  [f": images[{i}]" for i in range(len(filenames))])
 
 
 def load_csv(caption_file: str, image_dir: str = "", label_file: str = "", name: str = "csv",
@@ -200,6 +245,7 @@ def load_csv(caption_file: str, image_dir: str = "", label_file: str = "", name:
         raise DatasetError(f"{caption_file}: header must be 'image,caption' or 'image,caption,label', got {','.join(header)!r}")
     grouped: dict[str, list[str]] = {}
     row_labels: dict[str, str | None] = {}
+    first_lines: dict[str, int] = {}
     try:
         for line_no, row in enumerate(reader, start=2):
             if not row:
@@ -216,6 +262,7 @@ def load_csv(caption_file: str, image_dir: str = "", label_file: str = "", name:
                 raise DatasetError(f"{caption_file}, line {line_no}: image {image!r} has two labels "
                                    f"({row_labels[image]!r} and {label!r})")
             grouped.setdefault(image, []).append(caption)
+            first_lines.setdefault(image, line_no)
             row_labels[image] = label or None
     except csv.Error as e:
         raise DatasetError(f"{caption_file}: unreadable CSV ({e})") from None
@@ -225,7 +272,8 @@ def load_csv(caption_file: str, image_dir: str = "", label_file: str = "", name:
     captions = [_check_captions(caption_file, f, grouped[f]) for f in filenames]
     image_dir = image_dir or os.path.join(os.path.dirname(os.path.abspath(caption_file)), "images")
     return _build(name, caption_file, image_dir, filenames, captions,
-                  [row_labels[f] for f in filenames], label_file or None, check_images)
+                  [row_labels[f] for f in filenames], label_file or None, check_images,
+                  [f", line {first_lines[f]}" for f in filenames])
 
 
 def _find_caption_file(data_dir: str, extensions: Iterable[str]) -> str:

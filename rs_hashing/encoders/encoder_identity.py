@@ -95,6 +95,14 @@ def _entry(name: str, weights: str | None, source: str, package: str | None = No
     }
 
 
+def _random_entry(tower: str, name: str, weights: str | None) -> dict[str, Any]:
+    """A seeded random encoder: its seed is part of its identity, so features (and
+    extraction shards) of the unseeded encoders of earlier versions are never mixed in."""
+    from rs_hashing.encoders.frozen_encoders import random_encoder_seed  # pylint: disable=import-outside-toplevel
+
+    return dict(_entry(name, weights, "random"), seed=random_encoder_seed(tower, name))
+
+
 def _local_entry(name: str, weights: str, path: str) -> dict[str, Any] | None:
     """A "file" or "folder" entry for an existing local path, else None."""
     if os.path.isfile(path):
@@ -131,7 +139,7 @@ def image_encoder_identity(features: config_lib.FeatureConfig) -> dict[str, Any]
         raise ValueError(f"Unknown image encoder {name!r}; choose one of "
                          f"{list(IMAGE_ENCODER_NAMES)} or '{TFHUB_PREFIX}<module>'.")
     if weights.lower() == "none" or (name == "tiny_cnn" and weights == "default"):
-        return _entry(name, weights, "random")
+        return _random_entry("image", name, weights)
     if name == "efficientnet_lite0" and weights in ("default", "imagenet"):
         return _entry(name, weights, "package", package=EFFICIENTNET_LITE0_PIP_NAME,
                       fingerprint=file_fingerprint(imagenet_state_dict_path()))
@@ -156,7 +164,7 @@ def text_encoder_identity(features: config_lib.FeatureConfig) -> dict[str, Any]:
     """
     name = features.text_encoder
     if name == TINY_TEXT_ENCODER:
-        return _entry(name, None, "random")
+        return _random_entry("text", name, None)
     if name == DEFAULT_TEXT_ENCODER:
         model_dir = str(default_model_dir())
         return _entry(name, model_dir, "package", package=DEFAULT_MODEL_PIP_NAME,

@@ -26,6 +26,7 @@ import importlib.util
 import os
 import pathlib
 import tempfile
+import zlib
 from typing import Any, Sequence
 
 import keras
@@ -193,6 +194,23 @@ def _masked_mean(states: Any, padding_mask: Any) -> Any:
     return total / count
 
 
+def _reseed_bert_weights(backbone: keras.Model, seed: int) -> None:
+    """Redraws a new `BertBackbone`'s random weights from seeded initializers.
+
+    BertBackbone takes no initializer arguments: it draws every kernel and embedding
+    from TruncatedNormal(stddev=0.02) (keras-hub's `bert_kernel_initializer`),
+    seeded from Python's global `random`, and starts biases and LayerNorm weights
+    at constants. The random ones are drawn again here from the same distribution,
+    each with a seed made of `seed` and its path, so the values depend on nothing
+    else (not on the order or number of models built before).
+    """
+    for variable in backbone.weights:
+        if variable.path.endswith(("/kernel", "/embeddings")):
+            variable_seed = zlib.crc32(f"{seed}/{variable.path}".encode())
+            initializer = keras.initializers.TruncatedNormal(stddev=0.02, seed=variable_seed)
+            variable.assign(initializer(variable.shape, dtype=variable.dtype))
+
+
 class TextEncoder:
     """Frozen BERT caption encoder: captions in, one feature vector out.
 
@@ -306,6 +324,7 @@ class TextEncoder:
         pooling: str = "masked_mean",
         normalize: bool = False,
         directory: str | os.PathLike | None = None,
+        seed: int | None = None,
     ) -> "TextEncoder":
         """Builds a randomly initialised, lowercasing tiny BERT for tests.
 
@@ -326,10 +345,16 @@ class TextEncoder:
             directory: where to keep the preset files; by default a temporary
                 directory, removed once loaded (then `get_config()` names a
                 directory that no longer exists).
+            seed: None draws the random weights from Keras' global seeding; an
+                int draws them from seeded initializers, so that every process
+                builds the same encoder whatever the global random state.
 
         Returns:
             A `TextEncoder` whose `preset` is the preset directory.
         """
+        if seed is not None and (
+                isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}.")
         backbone = keras_hub.models.BertBackbone(
             vocabulary_size=len(vocabulary),
             num_layers=num_layers,
@@ -339,6 +364,8 @@ class TextEncoder:
             dropout=0.0,
             max_sequence_length=sequence_length,
         )
+        if seed is not None:
+            _reseed_bert_weights(backbone, seed)
         tokenizer = keras_hub.models.BertTokenizer(
             vocabulary=list(vocabulary), lowercase=True
         )

@@ -18,6 +18,10 @@ class TinyCNN(keras.Model):
         feature_dim: width of the second convolution, hence of the output.
         image_size: fixed input height and width, or `None` for any size.
         hidden_dim: width of the first convolution.
+        seed: None draws the random weights from Keras' global seeding; an int
+            draws them from seeded initializers, so that every process builds the
+            same encoder whatever the global random state (a killed and resumed
+            feature extraction must not mix two encoders).
         **kwargs: passed to `keras.Model` (e.g. `name`, `trainable`, `dtype`).
     """
 
@@ -26,6 +30,7 @@ class TinyCNN(keras.Model):
         feature_dim: int = 16,
         image_size: int | None = None,
         hidden_dim: int = 8,
+        seed: int | None = None,
         **kwargs: Any,
     ):
         for arg_name, value in (("feature_dim", feature_dim), ("hidden_dim", hidden_dim)):
@@ -35,16 +40,22 @@ class TinyCNN(keras.Model):
                 not isinstance(image_size, int) or isinstance(image_size, bool)
                 or image_size < 1):
             raise ValueError(f"image_size must be a positive int or None; got {image_size!r}.")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None; got {seed!r}.")
         layers = keras.layers
+        # An int seed makes an initializer draw the same values on every call (Keras
+        # stateless random ops), so each convolution gets its own seed.
+        kernels = ["glorot_uniform"] * 2 if seed is None else [
+            keras.initializers.GlorotUniform(seed=seed + i) for i in range(2)]
         kwargs.setdefault("name", "tiny_cnn")
 
         # === Functional model ===
         images = keras.Input(shape=(image_size, image_size, 3), name="images")
         x = layers.Rescaling(1.0 / 255.0, name="normalize")(images)
         x = layers.Conv2D(hidden_dim, 3, strides=2, padding="same", activation="relu",
-                          name="conv1")(x)
+                          kernel_initializer=kernels[0], name="conv1")(x)
         x = layers.Conv2D(feature_dim, 3, strides=2, padding="same", activation="relu",
-                          name="conv2")(x)
+                          kernel_initializer=kernels[1], name="conv2")(x)
         features = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         super().__init__(inputs=images, outputs=features, **kwargs)
 
@@ -52,12 +63,18 @@ class TinyCNN(keras.Model):
         self.feature_dim = feature_dim
         self.image_size = image_size
         self.hidden_dim = hidden_dim
+        self.seed = seed
 
     def get_config(self) -> dict[str, Any]:
-        return {
+        config = {
             "name": self.name,
             "trainable": self.trainable,
             "feature_dim": self.feature_dim,
             "image_size": self.image_size,
             "hidden_dim": self.hidden_dim,
         }
+        # Only when set, so that configs saved before the argument existed (and
+        # their readers) stay as they were.
+        if self.seed is not None:
+            config["seed"] = self.seed
+        return config

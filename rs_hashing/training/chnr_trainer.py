@@ -35,6 +35,10 @@ in whichever stage it was and ends as an uninterrupted one. Besides everything
     detector.json            threshold, mean real/fake scores, ROC-AUC on the training
                              pairs (clean vs corrupted), realised noise rate, weights
     detector_scores.png      score histograms of clean and of corrupted training pairs
+
+The run folder follows `trainer`'s rules (one config per folder, atomic artefacts,
+checkpoint fallback); detector.json and detector_scores.png are written with the final
+artefacts and moved into place with them.
 """
 
 from __future__ import annotations
@@ -183,7 +187,8 @@ def _check_clean_subset(config: config_lib.Config, clean_pairs: TrainingPairs) -
                          "raise clean_fraction or lower batch_size")
 
 
-def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: int = 2) -> dict:
+def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: int = 2,
+               overwrite: bool = False) -> dict:
     """Trains CHNR (detector, hashing phase 1, hashing phase 2), evaluates, and writes
     the run folder (see the module docstring).
 
@@ -191,12 +196,14 @@ def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: i
       config: the resolved configuration (`clean_fraction` > 0, `phase1_epochs` >= 1).
       workdir: run folder (defaults to `config.train.run_dir`).
       verbose: Keras fit verbosity (1 = progress bar, 2 = a line per epoch).
+      overwrite: start a fresh run in a folder that holds one (see `trainer.start_run`).
     Returns: the content of metrics.json, with the detector's summary under "detector".
     """
-    workdir = trainer.start_run(config, workdir)
     started = time.perf_counter()
+    # Every refusal (features, config, run folder) comes before the first write.
     _, store, split, noise = trainer.prepare(config)
     _check_config(config, noise)
+    workdir = trainer.start_run(config, workdir, overwrite=overwrite)
     write_json_atomic(os.path.join(workdir, "noise.json"), noise.summary())
     t = config.train
     phase1, total = t.phase1_epochs, t.phase1_epochs + t.phase2_epochs
@@ -218,7 +225,7 @@ def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: i
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     detector_epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     manager = trainer.restore_checkpoint(
-        os.path.join(workdir, "checkpoints"), **trainer.hashing_checkpoint_objects(model, epoch_var),
+        os.path.join(workdir, trainer.CHECKPOINTS), **trainer.hashing_checkpoint_objects(model, epoch_var),
         detector_trainer=detector_trainer, detector_optimizer=detector_trainer.optimizer,
         detector_epoch=detector_epoch_var,
         # As for the hashing model (see hashing_checkpoint_objects): list every detector
@@ -230,16 +237,15 @@ def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: i
     if first_detector_epoch < phase1:
         callbacks = [
             trainer.NanGuard(manager.directory),
+            trainer.HistoryLog(os.path.join(workdir, "detector_history.csv"), first_detector_epoch),
             trainer.EpochCheckpoint(manager, detector_epoch_var, t.checkpoint_every, phase1),
-            keras.callbacks.CSVLogger(os.path.join(workdir, "detector_history.csv"),
-                                      append=first_detector_epoch > 0),
         ]
         detector_trainer.fit(detector_dataset(clean_pairs, config, first_detector_epoch, phase1),
                              epochs=phase1, initial_epoch=first_detector_epoch,
                              steps_per_epoch=clean_pairs.steps_per_epoch(t.caption_mode, t.batch_size),
                              callbacks=callbacks, verbose=verbose, shuffle=False)
     detector.trainable = False  # Frozen from here on: phase 2 only reads its scores.
-    detector.save_weights(os.path.join(workdir, "detector.weights.h5"))
+    trainer.save_weights_atomic(detector, os.path.join(workdir, "detector.weights.h5"))
     write_json_atomic(os.path.join(workdir, "detector_config.json"), detector.get_config())
     real_scores, fake_scores = real_and_fake_scores(detector, clean_pairs, t.seed)
     threshold = noise_weights.midpoint_threshold(real_scores, fake_scores)
@@ -250,7 +256,7 @@ def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: i
         views = clean_pairs.all_views()
         views["index"] = clean_items[views["index"]].astype(np.int32)  # Rows of the full target table.
         callbacks = trainer.hashing_callbacks(model, config, views, workdir, manager, epoch_var, phase1,
-                                              append_history=first_epoch > 0, number_offset=phase1)
+                                              first_epoch=first_epoch, number_offset=phase1)
         trainer.fit_hashing(model, clean_pairs, config, first_epoch, phase1, callbacks, verbose,
                             item_index=clean_items)
 
@@ -263,18 +269,21 @@ def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: i
         if phase2_first == phase1:
             model.update_binary_targets(full_views)
         callbacks = trainer.hashing_callbacks(model, config, full_views, workdir, manager, epoch_var, total,
-                                              append_history=True, number_offset=phase1)
+                                              first_epoch=phase2_first, number_offset=phase1)
         trainer.fit_hashing(model, pairs, config, phase2_first, total, callbacks, verbose)
     train_seconds = round(time.perf_counter() - started, 1)
 
     corrupted = np.asarray(noise.noisy)[pool_items(pairs)]
     summary = _detector_summary(config, noise, pairs, scores, corrupted, real_scores, fake_scores, threshold,
                                 len(clean_items))
-    plot_score_histograms(scores[~corrupted], scores[corrupted], threshold,
-                          os.path.join(workdir, "detector_scores.png"),
-                          title=f"CHNR detector, noise rate {config.data.noise_rate:g}, "
-                                f"ROC-AUC {_format_optional(summary['roc_auc'])}")
-    write_json_atomic(os.path.join(workdir, "detector.json"), summary)
+
+    def detector_files(staged):
+        # Written with the final artefacts, and moved into place with them.
+        plot_score_histograms(scores[~corrupted], scores[corrupted], threshold, staged("detector_scores.png"),
+                              title=f"CHNR detector, noise rate {config.data.noise_rate:g}, "
+                                    f"ROC-AUC {_format_optional(summary['roc_auc'])}")
+        write_json_atomic(staged("detector.json"), summary)
+
     extra = {
         "train_seconds": train_seconds, "epochs": total, "phase1_epochs": phase1, "phase2_epochs": t.phase2_epochs,
         "resumed_from_epoch": first_epoch, "resumed_from_detector_epoch": first_detector_epoch,
@@ -283,7 +292,7 @@ def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: i
                                                    "noise_weighting", "mean_weight_clean",
                                                    "mean_weight_corrupted")},
     }
-    return trainer.finish_run(model, config, store, split, workdir, extra)
+    return trainer.finish_run(model, config, store, split, workdir, extra, extra_files=detector_files)
 
 
 def _format_optional(value: float | None) -> str:

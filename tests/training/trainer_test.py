@@ -44,6 +44,23 @@ def _config(data, features, workdir, **overrides):
                              train=config_lib.apply_overrides(config, {"run_dir": workdir}).train)
 
 
+class Killed(Exception):
+    """Stands for the process being killed (a run folder is then left as it was)."""
+
+
+def _kill_after_checkpoint(monkeypatch, number):
+    """Makes training stop, as if killed, right after it saved checkpoint `number`."""
+    original = trainer.EpochCheckpoint.on_epoch_end
+
+    def save_then_die(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if self.number_offset + epoch + 1 == number:
+            monkeypatch.setattr(trainer.EpochCheckpoint, "on_epoch_end", original)
+            raise Killed(number)
+
+    monkeypatch.setattr(trainer.EpochCheckpoint, "on_epoch_end", save_then_die)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     keras.utils.set_random_seed(0)
@@ -82,12 +99,14 @@ def test_training_writes_the_run_folder_and_retrieves(tmp_path):
     assert os.path.isfile(os.path.join(workdir, "encoders.json"))
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
+def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     data, features = _make_store(tmp_path / "data")
     full = str(tmp_path / "full")
     trainer.train(_config(data, features, full, epochs=4), verbose=0)
     resumed = str(tmp_path / "resumed")
-    trainer.train(_config(data, features, resumed, epochs=2), verbose=0)  # "killed" after epoch 2
+    _kill_after_checkpoint(monkeypatch, 2)
+    with pytest.raises(Killed):
+        trainer.train(_config(data, features, resumed, epochs=4), verbose=0)
     results = trainer.train(_config(data, features, resumed, epochs=4), verbose=0)
     assert results["resumed_from_epoch"] == 2
     a, b = np.load(os.path.join(full, "codes.npz")), np.load(os.path.join(resumed, "codes.npz"))
@@ -99,10 +118,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
                                rtol=1e-5)
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     data, features = _make_store(tmp_path / "data")
     workdir = str(tmp_path / "run")
-    trainer.train(_config(data, features, workdir, epochs=2), verbose=0)
+    _kill_after_checkpoint(monkeypatch, 2)
+    with pytest.raises(Killed):
+        trainer.train(_config(data, features, workdir, epochs=4), verbose=0)
 
     def poison(pairs):
         pairs.pair_weights[:] = np.nan
