@@ -30,6 +30,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train", "train DUCH or CHNR hash heads on a feature store and evaluate them"),
     "index": Command("index", "hash every image of a folder or dataset into a searchable index"),
     "search": Command("search", "search an index by a typed sentence or an image"),
+    "serve": Command("serve", "a search page and JSON API over an index (typed and image queries)"),
     "export-savedmodel": Command("export_savedmodel", "a trained run as a SavedModel for TF Serving"),
     "export-tflite": Command("export_tflite", "a trained run's image (and text) encoder as TFLite"),
     "edge-encode": Command("edge_encode", "hash images with a TFLite file on a ground station "

@@ -525,6 +525,19 @@ class HammingIndex:
             return {}
         return dict(self._metadata[position])
 
+    def codes(self, ids: ArrayLike) -> np.ndarray:
+        """The stored codes of the given ids, packed uint8 [N, K/8] (MSB first), for
+        "more like this" queries that need no pixels.
+
+        Raises:
+            KeyError: an id that is not in the index.
+        """
+        wanted = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        absent = np.setdiff1d(wanted, self._present(wanted))
+        if len(absent):
+            raise KeyError(f"ids not in the index: {absent[:5].tolist()} (first 5)")
+        return self._stored_codes()[self._positions(wanted)]
+
     def metadata(self, ids: ArrayLike) -> list[dict[str, Any]]:
         """Metadata of the given ids ({} for items added without any).
 

@@ -23,7 +23,7 @@ def test_every_subcommand_has_a_module_with_the_command_interface():
     import importlib
 
     assert list(cli.COMMANDS) == ["demo", "extract-features", "train", "index", "search",
-                                  "export-savedmodel", "export-tflite", "edge-encode"]
+                                  "serve", "export-savedmodel", "export-tflite", "edge-encode"]
     for name, command in cli.COMMANDS.items():
         module = importlib.import_module(f"rs_hashing.cli.{command.module}")
         assert callable(module.main) and hasattr(module, "DEFAULT_PRESET"), name

@@ -252,3 +252,17 @@ def test_constructor_checks():
     assert hamming_index.default_nlist(10_000_000) == 4096
     assert hamming_index.default_nlist(1_000_000) == 1024
     assert hamming_index.default_nlist(100) == 12 and hamming_index.default_nlist(3) == 1
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_codes_returns_the_stored_packed_codes_by_id(kind):
+    rng = np.random.default_rng(3)
+    codes = np.where(rng.random((300, 64)) < 0.5, -1, 1).astype(np.int8)
+    ids = np.arange(1000, 1300) * 7
+    index = HammingIndex(64, kind=kind, nlist=4 if kind == "ivf" else None)
+    index.add(codes, ids=ids)
+    index.build()
+    picked = ids[[5, 0, 299]]
+    np.testing.assert_array_equal(index.codes(picked), np.packbits(codes[[5, 0, 299]] > 0, axis=1))
+    with pytest.raises(KeyError, match="ids not in the index"):
+        index.codes([3])
