@@ -36,9 +36,9 @@ in whichever stage it was and ends as an uninterrupted one. Besides everything
                              pairs (clean vs corrupted), realised noise rate, weights
     detector_scores.png      score histograms of clean and of corrupted training pairs
 
-The run folder follows `trainer`'s rules (one config per folder, atomic artefacts,
-checkpoint fallback); detector.json and detector_scores.png are written with the final
-artefacts and moved into place with them.
+The run folder follows the rules of `run_folder` and `checkpoints` (one config per
+folder, atomic artefacts, checkpoint fallback); detector.json and detector_scores.png
+are written with the final artefacts and moved into place with them.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ from rs_hashing.data.noisy_pairs import NoisyPairs
 from rs_hashing.atomic_files import write_json_atomic
 from rs_hashing.models.noise_detector import NoiseDetector
 from rs_hashing.models.noise_detector_trainer import NoiseDetectorTrainer
-from rs_hashing.training import noise_weights, trainer
+from rs_hashing.training import checkpoints, noise_weights, run_folder, trainer, weights_file
+from rs_hashing.training.callbacks import EpochCheckpoint, HistoryLog, NanGuard
 from rs_hashing.training.training_pairs import TrainingPairs
 
 # Inference batch of the detector when scoring whole arrays.
@@ -196,14 +197,14 @@ def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: i
       config: the resolved configuration (`clean_fraction` > 0, `phase1_epochs` >= 1).
       workdir: run folder (defaults to `config.train.run_dir`).
       verbose: Keras fit verbosity (1 = progress bar, 2 = a line per epoch).
-      overwrite: start a fresh run in a folder that holds one (see `trainer.start_run`).
+      overwrite: start a fresh run in a folder that holds one (see `run_folder.start_run`).
     Returns: the content of metrics.json, with the detector's summary under "detector".
     """
     started = time.perf_counter()
     # Every refusal (features, config, run folder) comes before the first write.
     _, store, split, noise = trainer.prepare(config)
     _check_config(config, noise)
-    workdir = trainer.start_run(config, workdir, overwrite=overwrite)
+    workdir = run_folder.start_run(config, workdir, overwrite=overwrite)
     write_json_atomic(os.path.join(workdir, "noise.json"), noise.summary())
     t = config.train
     phase1, total = t.phase1_epochs, t.phase1_epochs + t.phase2_epochs
@@ -224,8 +225,8 @@ def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: i
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     detector_epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    manager = trainer.restore_checkpoint(
-        os.path.join(workdir, trainer.CHECKPOINTS), **trainer.hashing_checkpoint_objects(model, epoch_var),
+    manager = checkpoints.restore_checkpoint(
+        os.path.join(workdir, run_folder.CHECKPOINTS), **trainer.hashing_checkpoint_objects(model, epoch_var),
         detector_trainer=detector_trainer, detector_optimizer=detector_trainer.optimizer,
         detector_epoch=detector_epoch_var,
         # As for the hashing model (see hashing_checkpoint_objects): list every detector
@@ -236,16 +237,16 @@ def train_chnr(config: config_lib.Config, workdir: str | None = None, verbose: i
     # Stage 1: the detector on the trusted subset. Checkpoints 1..phase1.
     if first_detector_epoch < phase1:
         callbacks = [
-            trainer.NanGuard(manager.directory),
-            trainer.HistoryLog(os.path.join(workdir, "detector_history.csv"), first_detector_epoch),
-            trainer.EpochCheckpoint(manager, detector_epoch_var, t.checkpoint_every, phase1),
+            NanGuard(manager.directory),
+            HistoryLog(os.path.join(workdir, "detector_history.csv"), first_detector_epoch),
+            EpochCheckpoint(manager, detector_epoch_var, t.checkpoint_every, phase1),
         ]
         detector_trainer.fit(detector_dataset(clean_pairs, config, first_detector_epoch, phase1),
                              epochs=phase1, initial_epoch=first_detector_epoch,
                              steps_per_epoch=clean_pairs.steps_per_epoch(t.caption_mode, t.batch_size),
                              callbacks=callbacks, verbose=verbose, shuffle=False)
     detector.trainable = False  # Frozen from here on: phase 2 only reads its scores.
-    trainer.save_weights_atomic(detector, os.path.join(workdir, "detector.weights.h5"))
+    weights_file.save_weights_atomic(detector, os.path.join(workdir, "detector.weights.h5"))
     write_json_atomic(os.path.join(workdir, "detector_config.json"), detector.get_config())
     real_scores, fake_scores = real_and_fake_scores(detector, clean_pairs, t.seed)
     threshold = noise_weights.midpoint_threshold(real_scores, fake_scores)

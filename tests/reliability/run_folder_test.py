@@ -1,5 +1,6 @@
 """Faults and hostile input around a run folder: a full disk, features made otherwise, a
-finished run re-run with other flags, truncated checkpoints (rs_hashing.training.trainer).
+finished run re-run with other flags, truncated checkpoints (rs_hashing.training.trainer,
+run_folder, checkpoints).
 
 One tiny finished DUCH run (smoke preset at tests/testing.py's TINY sizes, 2 epochs) is
 made once; every test works on its own copy of the folder.
@@ -22,7 +23,7 @@ import tensorflow as tf
 from rs_hashing import config as config_lib
 from rs_hashing.errors import FeatureStoreError, RunConflictError, TrainingError
 from rs_hashing.hashing_model import HashingModel
-from rs_hashing.training import evaluation, trainer
+from rs_hashing.training import evaluation, run_folder, trainer
 from tests import testing
 from tests.training.trainer_test import _make_store
 
@@ -154,7 +155,7 @@ def test_features_made_with_other_encoder_settings_are_refused(finished, tmp_pat
     with open(manifest_path, encoding="utf-8") as f:
         manifest = json.load(f)
     features = finished["config"].features
-    made = {name: getattr(features, name) for name in trainer.FEATURE_SETTINGS}
+    made = {name: getattr(features, name) for name in run_folder.FEATURE_SETTINGS}
     made.update(image_size=224, sequence_length=64)
     with open(manifest_path, "w", encoding="utf-8") as f:
         json.dump(dict(manifest, **made), f)
@@ -232,7 +233,7 @@ def test_run_files_without_a_config_are_refused(finished, tmp_path):
     os.remove(os.path.join(workdir, "config.json"))
     with pytest.raises(RunConflictError, match=r"holds run files \(.*metrics\.json.*checkpoints.*\) but no "
                                                r"config\.json"):
-        trainer.start_run(finished["config"], workdir)
+        run_folder.start_run(finished["config"], workdir)
     assert not os.path.exists(os.path.join(workdir, "config.json"))
 
 

@@ -13,7 +13,7 @@ from rs_hashing import config as config_lib
 from rs_hashing.hashing_model import HashingModel
 from rs_hashing.losses.nt_xent import nt_xent_loss
 from rs_hashing.models.noise_detector import NoiseDetector
-from rs_hashing.training import chnr_trainer, trainer
+from rs_hashing.training import callbacks, chnr_trainer, trainer
 from tests.training.trainer_test import _config, _make_store
 
 PHASE1, PHASE2 = 2, 2
@@ -136,7 +136,7 @@ def test_killed_run_resumes_to_the_same_result(finished_run, monkeypatch):
     class Killed(Exception):
         pass
 
-    original = trainer.EpochCheckpoint.on_epoch_end
+    original = callbacks.EpochCheckpoint.on_epoch_end
     kill_at = {1, PHASE1 + PHASE1 + 1}  # after detector epoch 1; after the first epoch of phase 2
 
     def save_then_maybe_die(self, epoch, logs=None):
@@ -146,7 +146,7 @@ def test_killed_run_resumes_to_the_same_result(finished_run, monkeypatch):
             kill_at.discard(number)
             raise Killed(number)
 
-    monkeypatch.setattr(trainer.EpochCheckpoint, "on_epoch_end", save_then_maybe_die)
+    monkeypatch.setattr(callbacks.EpochCheckpoint, "on_epoch_end", save_then_maybe_die)
     workdir = str(finished_run["root"] / "resumed")
     config = _chnr_config(finished_run["data"], finished_run["features"], workdir)
     for _ in range(2):

@@ -11,7 +11,7 @@ from rs_hashing.data import loaders
 from rs_hashing.errors import TrainingError
 from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.hashing_model import HashingModel
-from rs_hashing.training import evaluation, trainer
+from rs_hashing.training import callbacks, evaluation, trainer
 from tests import testing
 
 CLASSES = ("beach", "forest", "harbor", "meadow")
@@ -50,15 +50,15 @@ class Killed(Exception):
 
 def _kill_after_checkpoint(monkeypatch, number):
     """Makes training stop, as if killed, right after it saved checkpoint `number`."""
-    original = trainer.EpochCheckpoint.on_epoch_end
+    original = callbacks.EpochCheckpoint.on_epoch_end
 
     def save_then_die(self, epoch, logs=None):
         original(self, epoch, logs)
         if self.number_offset + epoch + 1 == number:
-            monkeypatch.setattr(trainer.EpochCheckpoint, "on_epoch_end", original)
+            monkeypatch.setattr(callbacks.EpochCheckpoint, "on_epoch_end", original)
             raise Killed(number)
 
-    monkeypatch.setattr(trainer.EpochCheckpoint, "on_epoch_end", save_then_die)
+    monkeypatch.setattr(callbacks.EpochCheckpoint, "on_epoch_end", save_then_die)
 
 
 @pytest.fixture(autouse=True)
