@@ -4,8 +4,15 @@ Work is cut into shards that are saved as they finish (`<store>/shards/`), so a 
 extraction resumes where it stopped without redoing finished shards. Images are read,
 decoded and augmented by a parallel tf.data pipeline that prefetches while the encoder
 runs. Captions are deduplicated before encoding (RSICD repeats many sentences), which
-saves a large share of the text encoder's work. A file that cannot be decoded stops the
-run with the names of every bad image in its shard.
+saves a large share of the text encoder's work. A file that cannot be decoded, or that is
+above the pixel limit (`max_pixels`, checked from its header before it is decoded),
+stops the run with the names of every bad image in its shard; so does an image the
+augmenter refuses (smaller than 4 x 4 px), named by its file.
+
+Memory is bounded for any image: `image_pipeline.reduce_image` area-reduces an image
+above 4 S^2 px in uint8 before the augmenter and the float resize see it (images at or
+under 4 S^2 px, e.g. RSICD's 150 px at S = 224, are untouched), and the pipeline decodes
+a few images at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -27,7 +35,9 @@ from rs_hashing.atomic_files import save_array_atomic, write_json_atomic
 from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.errors import DatasetError
 from rs_hashing.features.feature_store import FeatureStore
-from rs_hashing.features.image_pipeline import is_raster_path, load_pixels, read_raster, resize_image
+from rs_hashing.features.image_pipeline import (
+    ENCODED_FORMATS, MAX_IMAGE_PIXELS, is_raster_path, load_pixels, raster_size, read_raster, reduce_image,
+    resize_image, too_many_pixels)
 from rs_hashing.geo.radiometry import Radiometry
 
 
@@ -41,35 +51,70 @@ class ExtractionReport:
     shards_computed: int
 
 
-def find_bad_images(paths: Sequence[str]) -> list[str]:
-    """Fully decodes each file (TIFFs with rasterio, others with Pillow) and returns
-    'path: reason' for the failures."""
+# Pillow's names of the formats TensorFlow decodes (MPO: a camera JPEG with a preview).
+_PILLOW_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP")
+
+
+def find_bad_images(paths: Sequence[str], max_pixels: int | None = MAX_IMAGE_PIXELS) -> list[str]:
+    """Checks each file as the pipeline does (format and pixel count from the header,
+    before anything is decoded), then decodes it fully (TIFFs with rasterio, others with
+    Pillow); returns 'path: reason' for the failures."""
     bad = []
     for path in paths:
         try:
             if is_raster_path(path):
-                read_raster(path)
+                width, height = raster_size(path)
+                if max_pixels is not None and width * height > max_pixels:
+                    bad.append(too_many_pixels(path, width, height, max_pixels))
+                else:
+                    read_raster(path)
                 continue
-            with Image.open(path) as image:
-                image.convert("RGB").load()
+            with warnings.catch_warnings():  # The size is checked below, against our limit.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    width, height = image.size
+                    if image.format not in _PILLOW_FORMATS:
+                        bad.append(f"{path}: not a readable {ENCODED_FORMATS} image ({image.format})")
+                    elif max_pixels is not None and width * height > max_pixels:
+                        bad.append(too_many_pixels(path, width, height, max_pixels))
+                    else:
+                        image.convert("RGB").load()
         except FileNotFoundError:
             bad.append(f"{path}: file not found")
+        except Image.DecompressionBombError as e:
+            bad.append(f"{path}: above the limit of {max_pixels or MAX_IMAGE_PIXELS:,} px for one image ({e})")
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image.
             bad.append(f"{path}: {type(e).__name__}: {e}")
     return bad
 
 
+def _failure_naming(message: str, paths: Sequence[str]) -> str | None:
+    """The line of a pipeline error message that starts with one of `paths` (the
+    augmenter's and the header checks' messages do), else None."""
+    for path in sorted(set(paths), key=len, reverse=True):
+        start = message.find(f"{path}: ")
+        if start >= 0:
+            end = message.find("\n", start)
+            return message[start:end if end >= 0 else len(message)].rstrip().rstrip("]")
+    return None
+
+
 @contextlib.contextmanager
-def bad_images_named(paths: Sequence[str], limit: int = 20) -> Iterator[None]:
-    """Turns a decoding failure inside the block (a tf.data image pipeline over `paths`)
-    into a DatasetError that names every bad file (the first `limit` of them)."""
+def bad_images_named(paths: Sequence[str], limit: int = 20,
+                     max_pixels: int | None = MAX_IMAGE_PIXELS) -> Iterator[None]:
+    """Turns a failure inside the block (a tf.data image pipeline over `paths`) into a
+    DatasetError that names every bad file (the first `limit` of them), or the file
+    that the error message names (an image the augmenter refused)."""
     try:
         yield
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as e:
-        bad = find_bad_images(paths)
-        if not bad:
+        bad = find_bad_images(paths, max_pixels)
+        if bad:
+            raise DatasetError(f"{len(bad)} image(s) cannot be decoded:\n  " + "\n  ".join(bad[:limit])) from e
+        named = _failure_naming(e.message, paths)
+        if named is None:
             raise
-        raise DatasetError(f"{len(bad)} image(s) cannot be decoded:\n  " + "\n  ".join(bad[:limit])) from e
+        raise DatasetError(f"1 image cannot be used:\n  {named}") from e
 
 
 class FeatureExtractor:
@@ -85,13 +130,18 @@ class FeatureExtractor:
       shard_size: images (or unique captions) per saved shard.
       progress: show progress bars.
       radiometry: the radiometric contract of 16-bit images (default: the fixed one).
+      max_pixels: an image above this many pixels is refused, from its header, before
+        it is decoded (None: no limit; TIFFs keep the raster reader's limit).
     """
 
     def __init__(self, image_encoder, text_encoder, image_size: int,
                  augment_image: Callable[[np.ndarray, int], np.ndarray],
                  augment_caption: Callable[[str, int], str], batch_size: int = 64,
                  shard_size: int = 1000, text_batch_size: int = 256, progress: bool = True,
-                 radiometry: Radiometry | None = None):
+                 radiometry: Radiometry | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS):
+        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                       or max_pixels < 1):
+            raise ValueError(f"FeatureExtractor: max_pixels={max_pixels!r} must be a positive integer or None")
         if shard_size % batch_size:
             shard_size = (shard_size // batch_size + 1) * batch_size
         self.image_encoder = image_encoder
@@ -104,18 +154,26 @@ class FeatureExtractor:
         self.text_batch_size = text_batch_size
         self.progress = progress
         self.radiometry = radiometry or Radiometry()
+        self.max_pixels = max_pixels
         self._encode = tf.function(lambda x: image_encoder(x, training=False), reduce_retracing=True)
 
     # ---------------------------------------------------------------- images
     def _image_dataset(self, paths: Sequence[str], first_index: int) -> tf.data.Dataset:
         size = self.image_size
 
-        def augment(image, index):
-            return self.augment_image(image, int(index)).astype(np.uint8)
+        def augment(image, index, path):
+            try:
+                return self.augment_image(image, int(index)).astype(np.uint8)
+            except Exception as e:  # noqa: BLE001 - the file must be named, whatever failed.
+                height, width = image.shape[:2]
+                raise ValueError(f"{path.decode('utf-8', 'replace')}: the image augmenter cannot use this "
+                                 f"{width} x {height} px image ({type(e).__name__}: {e})") from e
 
         def load(path, index):
-            image = load_pixels(path, self.radiometry)
-            augmented = tf.numpy_function(augment, [image, index], tf.uint8, stateful=False)
+            # Reduced (in uint8) before the augmenter and the float resize: a large image
+            # never gets a float copy; an image at or under 4 S^2 px is passed unchanged.
+            image = reduce_image(load_pixels(path, self.radiometry, self.max_pixels), size)
+            augmented = tf.numpy_function(augment, [image, index, path], tf.uint8, stateful=False)
             augmented.set_shape([None, None, 3])
             return resize_image(image, size), resize_image(augmented, size)
 
@@ -127,7 +185,7 @@ class FeatureExtractor:
     def _image_shard(self, dataset: CaptionDataset, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         paths = [dataset.image_path(i) for i in range(start, stop)]
         originals, augmented = [], []
-        with bad_images_named(paths, limit=len(paths)):
+        with bad_images_named(paths, limit=len(paths), max_pixels=self.max_pixels):
             for images, images_aug in self._image_dataset(paths, start):
                 originals.append(self._encode(images).numpy())
                 augmented.append(self._encode(images_aug).numpy())

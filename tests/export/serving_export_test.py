@@ -140,7 +140,7 @@ def test_versions_are_numbered_and_appear_atomically(tmp_path, hashing_model, mo
             with open(os.path.join(path, "saved_model.pb"), "wb") as f:
                 f.write(b"stub")
 
-    monkeypatch.setattr(serving_export, "build_export_archive", lambda enc: FakeArchive())
+    monkeypatch.setattr(serving_export, "build_export_archive", lambda *limits: FakeArchive())
     path = serving_export.export_savedmodel(hashing_model, str(base), warmup=False)
     assert path == str(base / "rs_hashing" / "4")
     assert not re.fullmatch(r"\d+", seen["staging"]) and seen["listing"] == sorted(["3", seen["staging"], "notes"])
@@ -156,10 +156,72 @@ def test_failed_export_leaves_nothing(tmp_path, hashing_model, monkeypatch):
                 f.write(b"half")
             raise RuntimeError("disk full")
 
-    monkeypatch.setattr(serving_export, "build_export_archive", lambda enc: BrokenArchive())
+    monkeypatch.setattr(serving_export, "build_export_archive", lambda *limits: BrokenArchive())
     with pytest.raises(RuntimeError, match="disk full"):
         serving_export.export_savedmodel(hashing_model, str(tmp_path), version=7, warmup=False)
     assert os.listdir(tmp_path / "rs_hashing") == []
+
+
+def _limit_file_size(max_bytes: int):
+    """preexec_fn of a child whose writes past `max_bytes` fail with EFBIG, as on a
+    full disk (SIGXFSZ ignored, so the write returns an error instead of killing it)."""
+    def limit():
+        import resource  # pylint: disable=import-outside-toplevel
+        import signal  # pylint: disable=import-outside-toplevel
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+    return limit
+
+
+def test_disk_full_gives_one_line_naming_the_folder_and_leaves_nothing(tmp_path):
+    run = tiny_run.make_tiny_run(str(tmp_path / "tiny"), saved_encoders=True)
+    base = tmp_path / "serving"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "export.export_savedmodel", f"--run_dir={run}",
+                             f"--export_base={base}"], cwd=testing.REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=600, preexec_fn=_limit_file_size(20_000))
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {base / 'rs_hashing' / '1'}: the export could not be written ("), last
+    assert last.endswith("; nothing was left behind") and "Traceback" not in result.stderr
+    assert os.listdir(base / "rs_hashing") == []
+
+
+def test_killed_exports_staging_folders_are_removed_by_the_next_export(tmp_path, hashing_model, monkeypatch):
+    model_dir = tmp_path / "rs_hashing"
+    model_dir.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs
+    host = serving_export._host()
+    names = {"killed": f".2.partial-{gone.pid}@{host}.abc123_x", "live": f".3.partial-{os.getppid()}@{host}.def456",
+             "other_host": f".4.partial-{gone.pid}@elsewhere.ghi789", "old_style": ".5.partial-k2j4h5g6",
+             "new_old_style": ".6.partial-zz9yy8xx", "not_staging": ".partial-notes"}
+    for name in names.values():
+        (model_dir / name).mkdir()
+        (model_dir / name / "saved_model.pb").write_bytes(b"half")
+    os.utime(model_dir / names["old_style"], (0, 0))  # changed before this process began
+    staging = {}
+
+    class FakeArchive:
+        def write_out(self, path, verbose=True):
+            staging["name"] = os.path.basename(path)
+            (model_dir / staging["name"] / "saved_model.pb").write_bytes(b"stub")
+
+    monkeypatch.setattr(serving_export, "build_export_archive", lambda *limits: FakeArchive())
+    path = serving_export.export_savedmodel(hashing_model, str(tmp_path), warmup=False)
+    assert re.fullmatch(rf"\.1\.partial-{os.getpid()}@{re.escape(host)}\.\w+", staging["name"])
+    left = sorted(os.listdir(model_dir))
+    assert left == sorted(["1", names["live"], names["other_host"], names["new_old_style"], names["not_staging"]])
+    assert os.path.basename(path) == "1"
+
+
+def test_limits_are_checked_and_recorded(tmp_path, hashing_model, export_path):
+    with open(os.path.join(export_path, serving_export.INFO_FILE), encoding="utf-8") as f:
+        assert json.load(f)["limits"] == {"max_pixels": serving_export.DEFAULT_MAX_PIXELS,
+                                          "max_batch": serving_export.DEFAULT_MAX_BATCH}
+    for kwargs in ({"max_pixels": 0}, {"max_batch": -1}, {"max_batch": True}, {"max_pixels": 1.5}):
+        with pytest.raises(ValueError, match=f"{next(iter(kwargs))}=.* must be a positive integer"):
+            serving_export.export_savedmodel(hashing_model, str(tmp_path), warmup=False, **kwargs)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -246,7 +308,8 @@ def test_wrong_dtypes_and_shapes_are_rejected_with_clear_errors(export_path, ser
         signatures["encode_text"](text=tf.constant([["a road"]]))
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="string"):
         signatures["encode_text"](text=tf.constant([1, 2]))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+    # The item is named (tests/export/serving_input_test.py has every refusal).
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[0\] cannot be decoded"):
         signatures["encode_image"](image_bytes=tf.constant([b"not an image"]))
     # The TF1 feed path the server's Python clients know checks shapes before running.
     with pytest.raises(ValueError, match="Cannot feed value of shape"):

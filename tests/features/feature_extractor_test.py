@@ -5,9 +5,10 @@ import pytest
 import tensorflow as tf
 
 from rs_hashing.data import loaders
+from rs_hashing.data.image_augmenter import ImageAugmenter
 from rs_hashing.errors import DatasetError
 from rs_hashing.features.feature_extractor import FeatureExtractor
-from rs_hashing.features.image_pipeline import load_image
+from rs_hashing.features.image_pipeline import load_image, load_pixels, reduce_image, resize_image
 from rs_hashing.encoders.image_encoder import build_image_encoder
 from rs_hashing.encoders.text_encoder import TextEncoder
 from tests import testing
@@ -87,4 +88,100 @@ def test_corrupt_images_are_reported_by_name(tmp_path):
     with open(dataset.image_path(6), "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 this is not a jpeg")
     with pytest.raises(DatasetError, match=r"1 image\(s\) cannot be decoded:\n  .*forest_1.jpg: "):
+        _extractor().extract(dataset, str(tmp_path / "store"), {})
+
+
+# ----------------------------------------------------------------- hostile and odd images
+
+def _recording_extractor(seen, **kwargs):
+    """An extractor whose augmenter records the arrays it is given (and flips them)."""
+    def augment(image, index):
+        seen[int(index)] = image.copy()
+        return image[::-1].copy()
+
+    encoder = build_image_encoder("tiny_cnn", weights=None, image_size=16)
+    return FeatureExtractor(encoder, TextEncoder.tiny(sequence_length=8), 16, augment,
+                            lambda caption, i: caption, batch_size=4, shard_size=4, progress=False, **kwargs)
+
+
+def _sized_dataset(root, sizes):
+    """One textured PNG per (height, width); returns the dataset."""
+    items = [{"filename": f"scene_{i}.png", "captions": ["a scene"]} for i in range(len(sizes))]
+    path = testing.write_karpathy(str(root), items, make_images=False)
+    rng = np.random.default_rng(1)
+    for item, (height, width) in zip(items, sizes):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        os.makedirs(os.path.join(root, "RSICD_images"), exist_ok=True)
+        testing.Image.fromarray(pixels).save(os.path.join(root, "RSICD_images", item["filename"]))
+    return loaders.load_karpathy(path)
+
+
+def test_images_at_or_under_4s2_reach_the_augmenter_and_encoder_unchanged(tmp_path):
+    # S = 16: 4 S^2 = 1024 px. 32 x 32 (1024 px) and smaller are not reduced.
+    dataset = _sized_dataset(tmp_path / "data", [(32, 32), (16, 16), (20, 50), (7, 9)])
+    seen = {}
+    extractor = _recording_extractor(seen)
+    store = extractor.extract(dataset, str(tmp_path / "store"), {})
+    for i in range(4):
+        pixels = np.asarray(testing.Image.open(dataset.image_path(i)).convert("RGB"))
+        np.testing.assert_array_equal(seen[i], pixels)
+        direct = tf.clip_by_value(tf.image.resize(tf.cast(pixels, tf.float32), (16, 16), antialias=True), 0, 255)
+        np.testing.assert_array_equal(resize_image(tf.constant(pixels), 16), direct)
+    np.testing.assert_allclose(store.image[[0]], extractor.image_encoder(
+        tf.stack([load_image(tf.constant(dataset.image_path(0)), 16)]), training=False), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not testing.has_shared_rsicd(), reason=testing.NO_SHARED_REASON)
+def test_rsicd_augmented_views_are_those_of_the_augmenter_on_the_decoded_image():
+    # RSICD's 150 px images at S = 224 (22,500 px <= 200,704): the augmenter sees the
+    # decoded pixels themselves, so its views are the ones it always gave.
+    augmenter = ImageAugmenter(seed=0)
+    sample = testing.rsicd_sample(6)
+    for index, path in enumerate(sample.paths):
+        pixels = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        reduced = reduce_image(load_pixels(tf.constant(path)), 224)
+        np.testing.assert_array_equal(reduced, pixels)
+        np.testing.assert_array_equal(augmenter.augment(reduced.numpy(), index),
+                                      augmenter.augment(pixels.numpy(), index))
+
+
+def test_large_images_are_reduced_in_uint8_before_the_augmenter(tmp_path):
+    dataset = _sized_dataset(tmp_path / "data", [(300, 200), (40, 4000)])
+    seen = {}
+    extractor = _recording_extractor(seen)
+    store = extractor.extract(dataset, str(tmp_path / "store"), {})
+    # 300 x 200: scale sqrt(1024 / 60000) = 0.1306, 39 x 26 (1014 px); 40 x 4000: scale
+    # 0.08, 3 x 320 (960 px).
+    assert seen[0].shape == (39, 26, 3) and seen[1].shape == (3, 320, 3)
+    assert all(image.dtype == np.uint8 and image.shape[0] * image.shape[1] <= 1024 for image in seen.values())
+    # The original view is what load_image (every other command's reader) gives.
+    direct = extractor.image_encoder(tf.stack([load_image(tf.constant(dataset.image_path(i)), 16)
+                                                              for i in range(2)]), training=False)
+    np.testing.assert_allclose(store.image, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_an_image_too_small_for_the_augmenter_is_named(tmp_path):
+    dataset = _sized_dataset(tmp_path / "data", [(16, 16), (2, 2), (16, 16)])
+    encoder = build_image_encoder("tiny_cnn", weights=None, image_size=16)
+    extractor = FeatureExtractor(encoder, TextEncoder.tiny(sequence_length=8), 16, ImageAugmenter().augment,
+                                 lambda caption, i: caption, batch_size=4, progress=False)
+    with pytest.raises(DatasetError, match=r"1 image cannot be used:\n  .*scene_1.png: the image augmenter cannot "
+                                           r"use this 2 x 2 px image \(ValueError: .*too small\)$"):
+        extractor.extract(dataset, str(tmp_path / "store"), {})
+
+
+def test_images_above_max_pixels_are_refused_by_name(tmp_path):
+    dataset = _sized_dataset(tmp_path / "data", [(16, 16), (30, 40), (16, 16), (50, 21)])
+    with pytest.raises(DatasetError, match=r"2 image\(s\) cannot be decoded:\n  .*scene_1.png: 40 x 30 px is above "
+                                           r"the limit of 1,000 px for one image\n  .*scene_3.png: 21 x 50 px"):
+        _recording_extractor({}, max_pixels=1000).extract(dataset, str(tmp_path / "store"), {})
+    with pytest.raises(ValueError, match="max_pixels=0 must be a positive integer or None"):
+        _recording_extractor({}, max_pixels=0)
+
+
+def test_other_formats_are_refused_by_name(tmp_path):
+    dataset = _dataset(tmp_path / "data")
+    testing.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(dataset.image_path(3), format="WEBP")
+    with pytest.raises(DatasetError, match=r"1 image\(s\) cannot be decoded:\n  .*beach_3.jpg: not a readable "
+                                           r"JPEG, PNG, GIF or BMP image \(WEBP\)"):
         _extractor().extract(dataset, str(tmp_path / "store"), {})
