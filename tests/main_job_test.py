@@ -44,8 +44,11 @@ def test_main_job_loads_the_dataset_once_and_builds_each_encoder_once(tmp_path, 
 
     monkeypatch.setattr(main_job, "load_dataset", counting("dataset", main_job.load_dataset))
     monkeypatch.setattr(trainer, "load_dataset", counting("dataset", trainer.load_dataset))
+    # The smoke preset's seeded tiny CNN is built directly (other encoders through
+    # build_image_encoder): count both.
     monkeypatch.setattr(frozen_encoders, "build_image_encoder",
                         counting("image", frozen_encoders.build_image_encoder))
+    monkeypatch.setattr(frozen_encoders, "TinyCNN", counting("image", frozen_encoders.TinyCNN))
     monkeypatch.setattr(frozen_encoders.TextEncoder, "tiny", counting("text", frozen_encoders.TextEncoder.tiny))
     keras.utils.set_random_seed(0)
     config = config_lib.apply_overrides(config_lib.get_preset("smoke"), {"epochs": 1})

@@ -6,13 +6,14 @@ The library side of `rs-hashing index` and `rs-hashing search`:
   dataset with its captions and classes) as per-image metadata dicts;
 * `index_archive` encodes the images with a run's model and saves a `HammingIndex`
   whose `info` records the run, its weights fingerprint and the image folder;
+* `index_scenes` tiles scenes and does the same, running an `IndexingPlan`'s tasks in
+  this process (`distributed_indexing` runs the same plans on Dask workers);
 * `open_index` loads such an index and refuses one made with another model;
 * `search_archive` answers one sentence or one image with the top k.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from rs_hashing.geo.tiler import Tiler
 from rs_hashing.hashing_model import HashingModel
 from rs_hashing.image_files import IMAGE_EXTENSIONS
 from rs_hashing.index.hamming_index import DEFAULT_APPROXIMATE_ABOVE, HammingIndex
+from rs_hashing.index.indexing_plan import IndexingPlan
 
 
 
@@ -153,9 +155,15 @@ def index_scenes(model: HashingModel, sources: Sequence[str], out_path: str,
                  tiler: Tiler, bands: Sequence[int | str] | None = None, nodata: float | None = None,
                  batch_size: int | None = None, progress: bool = True, kind: str = "auto",
                  nlist: int | None = None, nprobe: int | None = None,
-                 approximate_above: int = DEFAULT_APPROXIMATE_ABOVE) -> HammingIndex:
+                 approximate_above: int = DEFAULT_APPROXIMATE_ABOVE,
+                 tiles_per_task: int | None = None) -> HammingIndex:
     """Tiles GeoTIFF/COG scenes (files, folders, STAC Item or ItemCollection JSON),
     encodes the tiles in batches as they are read, and saves the index.
+
+    One process runs the `IndexingPlan`'s tasks in order, as Dask workers would
+    (`distributed_indexing`): a batch is the kept tiles of `batch_size` consecutive
+    windows of a scene, so the codes are the same however the job runs, and
+    `tiles_per_task` changes nothing but how often the progress bar moves.
 
     Each item's metadata is its tile's (`Tile.metadata`: scene, window, time, bounds,
     CRS, footprint in EPSG:4326, radiometry); the index info records every scene's
@@ -166,42 +174,16 @@ def index_scenes(model: HashingModel, sources: Sequence[str], out_path: str,
         SceneError: a source that cannot be read as scenes (the message names it).
         DatasetError: no tile at all.
     """
-    found = [(source, scene) for source in sources for scene in Scene.discover(source, bands, nodata)]
-    scenes = [scene for _, scene in found]
-    ids = [scene.scene_id for scene in scenes]
-    repeated = sorted({scene_id for scene_id in ids if ids.count(scene_id) > 1})
-    if repeated:
-        raise DatasetError(f"scene ids occur more than once: {', '.join(repeated)} (each scene once, please)")
-    batch_size = batch_size or model.config.features.encode_batch_size
+    plan = IndexingPlan.for_scenes(model, sources, tiler, bands=bands, nodata=nodata, batch_size=batch_size,
+                                   tiles_per_task=tiles_per_task)
     started = time.perf_counter()
-    tiling = tiler.tiles(scenes)
-    total = sum(len(tiler.windows(scene)[0]) for scene in scenes)
-    codes, metadata, batch = [], [], []
-    with tqdm(total=total, desc="tiles", unit="tile", disable=not progress) as bar:
-        for tile in tiling:
-            batch.append(tile.pixels)
-            metadata.append(tile.metadata())
-            if len(batch) == batch_size:
-                codes.append(model.encode_images(batch).codes)
-                batch = []
-            bar.n = tiling.report.tiles + tiling.report.skipped_nodata
-            bar.refresh()
-        if batch:
-            codes.append(model.encode_images(batch).codes)
-    if not metadata:
-        raise DatasetError(f"{', '.join(sources)}: no tile holds enough data "
-                           f"({tiling.report.skipped_nodata} skipped for nodata)")
-    info = {"run": os.path.abspath(model.run_dir), "model": model.fingerprint(),
-            "source": "scenes " + ", ".join(sources), "image_size": model.image_size,
-            "scenes": {scene.scene_id: {"source": os.path.abspath(source), "bands": list(bands or []),
-                                        "nodata": nodata} for source, scene in found},
-            "tiler": {"size": tiler.size, "stride": tiler.stride, "unit": tiler.unit,
-                      "min_valid": tiler.min_valid},
-            "tiling": dataclasses.asdict(tiling.report),
-            "encode_seconds": round(time.perf_counter() - started, 2)}
-    index = HammingIndex(model.bits, kind=kind, approximate_above=approximate_above,
-                         nlist=nlist, nprobe=nprobe, info=info)
-    index.add(np.concatenate(codes), metadata=metadata)
+    encoded = []
+    with tqdm(total=plan.total, desc="tiles", unit="tile", disable=not progress) as bar:
+        for task in plan.tasks:
+            encoded.append(task.encode(model))
+            bar.update(task.size)
+    index = plan.merged_index(encoded, seconds=time.perf_counter() - started, kind=kind, nlist=nlist,
+                              nprobe=nprobe, approximate_above=approximate_above)
     index.save(out_path)
     return index
 
