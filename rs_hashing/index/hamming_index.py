@@ -525,6 +525,14 @@ class HammingIndex:
             return {}
         return dict(self._metadata[position])
 
+    def _present_positions(self, ids: ArrayLike) -> np.ndarray:
+        """Storage positions of `ids`; KeyError naming the first absent ones."""
+        wanted = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        absent = np.setdiff1d(wanted, self._present(wanted))
+        if len(absent):
+            raise KeyError(f"ids not in the index: {absent[:5].tolist()} (first 5)")
+        return self._positions(wanted)
+
     def codes(self, ids: ArrayLike) -> np.ndarray:
         """The stored codes of the given ids, packed uint8 [N, K/8] (MSB first), for
         "more like this" queries that need no pixels.
@@ -532,11 +540,12 @@ class HammingIndex:
         Raises:
             KeyError: an id that is not in the index.
         """
-        wanted = np.atleast_1d(np.asarray(ids, dtype=np.int64))
-        absent = np.setdiff1d(wanted, self._present(wanted))
-        if len(absent):
-            raise KeyError(f"ids not in the index: {absent[:5].tolist()} (first 5)")
-        return self._stored_codes()[self._positions(wanted)]
+        positions = self._present_positions(ids)
+        if self._structure == "flat" and self.count:  # index the stored codes, no full copy
+            code_size = self._bits // 8
+            stored = faiss.rev_swig_ptr(self._index.xb.data(), self.count * code_size)
+            return stored.reshape(self.count, code_size)[positions].copy()
+        return self._stored_codes()[positions]
 
     def metadata(self, ids: ArrayLike) -> list[dict[str, Any]]:
         """Metadata of the given ids ({} for items added without any).
@@ -544,11 +553,7 @@ class HammingIndex:
         Raises:
             KeyError: an id that is not in the index.
         """
-        wanted = np.atleast_1d(np.asarray(ids, dtype=np.int64))
-        absent = np.setdiff1d(wanted, self._present(wanted))
-        if len(absent):
-            raise KeyError(f"ids not in the index: {absent[:5].tolist()} (first 5)")
-        return [self._metadata_at(int(p)) for p in self._positions(wanted)]
+        return [self._metadata_at(int(p)) for p in self._present_positions(ids)]
 
     # ------------------------------------------------------------------ files
 
