@@ -25,6 +25,7 @@ DATASETS = ("sentinel2_default", "rsicd", "ucm", "sydney", "rsitmd", "nwpu", "ka
 METHODS = ("duch", "chnr")
 VARIANTS = ("as_intended", "as_coded")
 CAPTION_MODES = ("one", "random", "all_pairs")
+TARGET_CODES = ("training", "inference")
 NOISE_WEIGHTINGS = ("probability", "cubed", "threshold")
 CHNR_LOSSES = ("chnr", "duch")
 TEXT_POOLINGS = ("masked_mean", "last4_sum_mean", "cls")
@@ -157,6 +158,12 @@ class DataConfig:
     query_fraction: float = _field(
         0.2, "Share of the non-training images used as queries; the rest form the retrieval database",
         Range(0, 1))
+    val_fraction: float = _field(
+        0.0, "Share of the training images held out as a validation split (its own queries and "
+        "database, query_fraction of it as queries) for choosing settings; a run with a validation "
+        "split trains on the rest and is evaluated on it, never on the test queries (0: no validation "
+        "split)", Range(0, 1, low_closed=True))
+    val_seed: int = _field(0, "Seed of Python's random that draws the validation split", NON_NEGATIVE)
     noise_rate: float = _field(
         0.0, "Probability that a training pair's caption is replaced by the caption of a random training "
         "image of another class (CHNR experiments)", Range(0, 1, low_closed=True, high_closed=True))
@@ -279,7 +286,8 @@ class TrainConfig:
     """
 
     epochs: int = _field(100, "DUCH training epochs (CHNR uses phase1_epochs and phase2_epochs)", POSITIVE)
-    batch_size: int = _field(256, "Training pairs per batch (the last partial batch is dropped)", POSITIVE)
+    batch_size: int = _field(256, "Training pairs per batch (the last partial batch of an epoch is kept, "
+                             "as in the authors' code)", POSITIVE)
     learning_rate: float = _field(1e-4, "Adam learning rate of the hashing networks", POSITIVE)
     # The authors' coupled L2 (torch Adam weight_decay) on the hashing nets, for their
     # batch-sum loss at batch 256; the model applies weight_decay / 512 to our mean loss.
@@ -301,6 +309,11 @@ class TrainConfig:
     detector_learning_rate: float = _field(1e-4, "AdamW learning rate of the CHNR noise detector", POSITIVE)
     detector_weight_decay: float = _field(1e-3, "Decoupled AdamW weight decay of the CHNR noise detector",
                                           NON_NEGATIVE)
+    target_codes: str = _field(
+        "training", "Codes the binary quantisation targets are refreshed from at each epoch's end: the "
+        "codes of the epoch's own training steps (as the authors), or an extra inference-mode pass over "
+        "every training item", OneOf(TARGET_CODES))
+    jit_compile: bool = _field(False, "Compile the training step with XLA")
     seed: int = _field(0, "Seed of Keras, numpy and Python for training (weights, batches, dropout)",
                        NON_NEGATIVE)
     checkpoint_every: int = _field(1, "Save a checkpoint every this many epochs (and after the last)",

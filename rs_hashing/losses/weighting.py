@@ -2,8 +2,9 @@
 
 Every loss module in `rs_hashing.losses` returns one value per sample; the model reduces
 them to a scalar here. CHNR's noise-detector weights reach the inter-modal contrastive
-term through `weighted_mean`, so the normalisation `sum(w * l) / sum(w)` happens exactly
-once and the term stays a mean whose scale does not depend on the batch size.
+term through `weighted_mean`, so the normalisation happens exactly once: by the weights,
+`sum(w * l) / sum(w)`, a mean whose scale does not depend on how many pairs the detector
+trusts; or by the count, `sum(w * l) / N`, the authors' weighted sum on a mean scale.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ def _static_rank(tensor: Any) -> int | None:
     return None if shape is None else len(shape)
 
 
-def weighted_mean(per_sample: Any, weights: Any | None = None) -> Any:
+def weighted_mean(per_sample: Any, weights: Any | None = None, normalize_by: str = "weights") -> Any:
     """Reduces per-sample loss values to a scalar, optionally weighted.
 
     Args:
         per_sample: loss values, shape [N].
         weights: non-negative sample weights, shape [N], or None for a plain mean.
+        normalize_by: "weights" divides the weighted sum by sum(weights), "count" by N.
 
     Returns:
-        A scalar: `sum(weights * per_sample) / sum(weights)`, or `mean(per_sample)` when
-        `weights` is None. When the weights sum to zero (every pair judged noisy) the
+        A scalar: `sum(weights * per_sample) / sum(weights)` (or `/ N` with
+        `normalize_by="count"`), or `mean(per_sample)` when `weights` is None. When the weights sum to zero (every pair judged noisy) the
         result is 0 with zero gradients, not NaN: such a batch simply teaches nothing.
 
     Raises:
@@ -40,6 +42,8 @@ def weighted_mean(per_sample: Any, weights: Any | None = None) -> Any:
         raise ValueError(
             f"weighted_mean: per_sample must have shape [N], got shape {per_sample.shape}."
         )
+    if normalize_by not in ("weights", "count"):
+        raise ValueError(f"weighted_mean: normalize_by must be 'weights' or 'count', got {normalize_by!r}.")
     if weights is None:
         return ops.mean(per_sample)
     weights = ops.cast(ops.convert_to_tensor(weights), per_sample.dtype)
@@ -53,6 +57,8 @@ def weighted_mean(per_sample: Any, weights: Any | None = None) -> Any:
             f"weighted_mean: weights have length {n_weights} but per_sample has length "
             f"{n_values}; there must be one weight per sample."
         )
+    if normalize_by == "count":
+        return ops.mean(weights * per_sample)
     total_weight = ops.sum(weights)
     has_weight = total_weight > 0
     # Divide by a safe denominator and select afterwards, so the zero-sum branch has a

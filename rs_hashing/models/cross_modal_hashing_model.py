@@ -53,8 +53,15 @@ Other choices, each a deliberate match to or fix of the released code:
   its own update step changes its BatchNorm statistics.
 - Gradient-penalty interpolation weights are one per pair (WGAN-GP); the authors drew
   one per bit.
-- Binary targets are recomputed from codes in inference mode (`update_binary_targets`);
-  the authors reused the codes seen during the epoch's training steps.
+- Binary targets come, as in the authors' code, from the codes of the epoch's own
+  training steps (`target_codes="training"`: each step stores the mean of its items'
+  four view codes, `refresh_binary_targets` signs them at the epoch's end); or, with
+  `target_codes="inference"`, from an extra inference-mode pass over every item
+  (`update_binary_targets`), which costs about a third of an epoch's compute more.
+- CHNR's pair weights: `pair_weight_norm="weights"` normalises the weighted
+  inter-modal term once, sum(w * l) / sum(w); `"count"` divides by the number of pairs,
+  sum(w * l) / N, which is the authors' unnormalised weighted sum on our mean scale (the
+  `as_coded` setting).
 """
 
 from __future__ import annotations
@@ -98,6 +105,8 @@ TERM_NAMES = (
     "discriminator",
 )
 VIEW_CODE_NAMES = ("image_codes", "image_codes_aug", "text_codes", "text_codes_aug")
+TARGET_CODES = ("training", "inference")
+PAIR_WEIGHT_NORMS = ("weights", "count")
 
 # Inference batches for `update_binary_targets` when given whole arrays.
 _TARGET_UPDATE_BATCH_SIZE = 1024
@@ -149,6 +158,10 @@ class CrossModalHashingModel(keras.Model):
         discriminator_l2: coupled L2 coefficient on the discriminator; default 5e-5.
         variant: "as_intended" or "as_coded" (see the module docstring).
         use_adversarial: False drops the discriminator and the adversarial term (CHNR).
+        target_codes: "training" (binary targets from the epoch's training-step codes,
+            as the authors) or "inference" (from an extra inference pass).
+        pair_weight_norm: "weights" (sum(w l) / sum(w)) or "count" (sum(w l) / N, the
+            authors' CHNR weighting) for the pair-weighted inter-modal term.
         seed: seeds the binary target table and the step-time `SeedGenerator`; None
             draws fresh randomness.
         **kwargs: passed to `keras.Model` (`name`, `trainable`, `dtype`).
@@ -177,6 +190,8 @@ class CrossModalHashingModel(keras.Model):
         discriminator_l2: float = AUTHORS_DISCRIMINATOR_WEIGHT_DECAY / 2,
         variant: str = "as_intended",
         use_adversarial: bool = True,
+        target_codes: str = "training",
+        pair_weight_norm: str = "weights",
         seed: int | None = None,
         **kwargs: Any,
     ):
@@ -191,6 +206,12 @@ class CrossModalHashingModel(keras.Model):
             check_positive_int(owner, name, value)
         if variant not in VARIANTS:
             raise ValueError(f"{owner}: variant must be one of {VARIANTS}, got {variant!r}.")
+        if target_codes not in TARGET_CODES:
+            raise ValueError(f"{owner}: target_codes must be one of {TARGET_CODES}, got {target_codes!r}.")
+        if pair_weight_norm not in PAIR_WEIGHT_NORMS:
+            raise ValueError(
+                f"{owner}: pair_weight_norm must be one of {PAIR_WEIGHT_NORMS}, got {pair_weight_norm!r}."
+            )
         if not isinstance(use_adversarial, bool):
             raise ValueError(f"{owner}: use_adversarial must be a bool, got {use_adversarial!r}.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
@@ -234,6 +255,8 @@ class CrossModalHashingModel(keras.Model):
         self.discriminator_l2 = _check_non_negative("discriminator_l2", discriminator_l2)
         self.variant = variant
         self.use_adversarial = use_adversarial
+        self.target_codes = target_codes
+        self.pair_weight_norm = pair_weight_norm
         self.seed = None if seed is None else int(seed)
 
         # Distinct initializer seeds per network (None keeps Keras' global seeding).
@@ -254,6 +277,9 @@ class CrossModalHashingModel(keras.Model):
             trainable=False,
             name="binary_targets",
         )
+        # The epoch's training-step codes (target_codes="training"): kept out of the
+        # model's weights and checkpoints (a resumed run restarts the epoch anyway).
+        self._epoch_codes = _EpochCodes(self.num_train, self.bits)
         # Step-time randomness (gradient-penalty interpolation) comes only from here.
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="step_seed_generator")
         self._trackers = {name: keras.metrics.Mean(name=name) for name in TERM_NAMES}
@@ -431,7 +457,9 @@ class CrossModalHashingModel(keras.Model):
         # Pair weights judge image-caption correspondence, so they scale only the
         # inter-modal term; the intra-modal terms compare an item with itself.
         contrastive_inter = weighted_mean(
-            nt_xent_loss(image_codes, text_codes, self.temperature), batch.get("pair_weights")
+            nt_xent_loss(image_codes, text_codes, self.temperature),
+            batch.get("pair_weights"),
+            normalize_by=self.pair_weight_norm,
         )
         contrastive_intra_image = weighted_mean(
             nt_xent_loss(image_codes, image_codes_aug, self.temperature)
@@ -579,6 +607,9 @@ class CrossModalHashingModel(keras.Model):
             terms = self._loss_terms(batch, codes)
         gradients = tape.gradient(terms["loss"], hash_variables)
         self.optimizer.apply(gradients, hash_variables)
+        if self.target_codes == "training":
+            mean_codes = sum(codes[name] for name in VIEW_CODE_NAMES) / len(VIEW_CODE_NAMES)
+            self._epoch_codes.record(batch["index"], ops.stop_gradient(mean_codes))
         return self._update_trackers({**terms, "discriminator": discriminator_value})
 
     def test_step(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -621,6 +652,27 @@ class CrossModalHashingModel(keras.Model):
             {key: value[start : start + _TARGET_UPDATE_BATCH_SIZE] for key, value in arrays.items()}
             for start in range(0, length, _TARGET_UPDATE_BATCH_SIZE)
         )
+
+    def refresh_binary_targets(self) -> np.ndarray:
+        """Sets the binary target of every item trained on since the last refresh to the
+        sign of the mean of its four view codes from its (last) training step, as the
+        authors' code does at each epoch's end; sign(0) = +1, other items keep theirs.
+        Called at the end of every epoch (BinaryTargetUpdater) when
+        `target_codes="training"`.
+
+        Returns:
+            The new table as a numpy array [num_train, bits].
+        """
+        if self.target_codes != "training":
+            raise ValueError(
+                "refresh_binary_targets: this model has target_codes='inference'; its targets come "
+                "from update_binary_targets(data)."
+            )
+        seen, codes = self._epoch_codes.take()
+        table = np.array(ops.convert_to_numpy(self.binary_targets))
+        table[seen] = ops.convert_to_numpy(binarize(codes[seen]))
+        self.binary_targets.assign(table)
+        return table
 
     def update_binary_targets(self, data: Any) -> np.ndarray:
         """Sets each listed item's binary target to sign(mean of its four views' codes).
@@ -683,5 +735,30 @@ class CrossModalHashingModel(keras.Model):
             "discriminator_l2": self.discriminator_l2,
             "variant": self.variant,
             "use_adversarial": self.use_adversarial,
+            "target_codes": self.target_codes,
+            "pair_weight_norm": self.pair_weight_norm,
             "seed": self.seed,
         }
+
+
+class _EpochCodes:
+    """The mean view codes of each item's last training step since the last `take`.
+
+    A plain object on purpose: its variables are not tracked by Keras, so they are
+    neither model weights nor checkpointed (they only live within one epoch).
+    """
+
+    def __init__(self, num_items: int, bits: int):
+        self.codes = tf.Variable(tf.zeros([num_items, bits]), trainable=False, name="epoch_codes")
+        self.seen = tf.Variable(tf.zeros([num_items], tf.bool), trainable=False, name="epoch_seen")
+
+    def record(self, index: Any, codes: Any) -> None:
+        rows = ops.expand_dims(ops.cast(index, "int32"), 1)
+        self.codes.scatter_nd_update(rows, ops.cast(codes, "float32"))
+        self.seen.scatter_nd_update(rows, ops.ones_like(ops.cast(index, "bool")))
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """(seen [N] bool, codes [N, bits]) and a fresh start for the next epoch."""
+        seen, codes = self.seen.numpy(), self.codes.numpy()
+        self.seen.assign(tf.zeros_like(self.seen))
+        return seen, codes

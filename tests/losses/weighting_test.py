@@ -49,3 +49,14 @@ def test_bad_shapes_raise():
         weighted_mean(np.ones(4, "float32"), np.ones(3, "float32"))
     with pytest.raises(ValueError, match=r"weights must have shape \[N\]"):
         weighted_mean(np.ones(4, "float32"), np.ones((4, 1), "float32"))
+
+
+def test_count_normalisation_is_the_authors_weighted_sum_over_n():
+    per_sample = np.array([1.0, 2.0, 3.0, 4.0], "float32")
+    weights = np.array([1.0, 0.0, 2.0, 1.0], "float32")
+    # (1*1 + 0*2 + 2*3 + 1*4) / 4 pairs = 11 / 4 ... and with halved weights 5.5 / 4.
+    assert float(weighted_mean(per_sample, weights, normalize_by="count")) == pytest.approx(2.75)
+    assert float(weighted_mean(per_sample, weights / 2, normalize_by="count")) == pytest.approx(1.375)
+    assert float(weighted_mean(per_sample, weights / 2)) == pytest.approx(2.75)  # by the weights: unchanged
+    with pytest.raises(ValueError, match="normalize_by must be 'weights' or 'count', got 'sum'"):
+        weighted_mean(per_sample, weights, normalize_by="sum")

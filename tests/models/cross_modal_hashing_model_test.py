@@ -325,3 +325,70 @@ def test_fit_with_xla(tmp_path):
     history = model.fit(tf.data.Dataset.from_tensor_slices(separable_data()).batch(BATCH),
                         epochs=2, verbose=0).history
     assert all(np.isfinite(v).all() for v in history.values())
+
+
+# ----------------------------------------------------------------------- binary targets
+
+
+def _view_code_mean(model, batch, training):
+    codes = model.encode_views(batch, training=training)
+    return sum(np.asarray(codes[n]) for n in ("image_codes", "image_codes_aug", "text_codes",
+                                               "text_codes_aug")) / 4
+
+
+def test_targets_come_from_the_training_steps_codes_of_the_items_seen():
+    model = make_model(seed=3)
+    model.compile()
+    before = np.asarray(model.binary_targets).copy()
+    batch = dict(random_batch(seed=5, size=6), index=np.array([9, 2, 4, 11, 0, 7], "int32"))
+    # The codes the step sees: training-mode heads before the step's update.
+    expected = np.where(_view_code_mean(model, batch, training=True) >= 0, 1.0, -1.0)
+    model.train_step(batch)
+    np.testing.assert_array_equal(np.asarray(model.binary_targets), before)  # not before the epoch's end
+    table = model.refresh_binary_targets()
+    np.testing.assert_array_equal(table[batch["index"]], expected)
+    others = np.setdiff1d(np.arange(16), batch["index"])
+    np.testing.assert_array_equal(table[others], before[others])
+    np.testing.assert_array_equal(np.asarray(model.binary_targets), table)
+    # Nothing seen since: a second refresh changes nothing.
+    np.testing.assert_array_equal(model.refresh_binary_targets(), table)
+
+
+def test_a_partial_last_batch_trains_and_records_its_items():
+    model = make_model(seed=4)
+    model.compile()
+    data = separable_data()
+    batches = tf.data.Dataset.from_tensor_slices(data).batch(6)  # 6, 6, 4
+    history = model.fit(batches, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
+    seen, _ = model._epoch_codes.take()  # pylint: disable=protected-access
+    assert seen.all()
+
+
+def test_inference_targets_refuse_refresh_and_record_nothing():
+    model = make_model(target_codes="inference")
+    model.compile()
+    model.train_step(random_batch())
+    with pytest.raises(ValueError, match="target_codes='inference'"):
+        model.refresh_binary_targets()
+    seen, _ = model._epoch_codes.take()  # pylint: disable=protected-access
+    assert not seen.any()
+
+
+def test_epoch_codes_are_not_weights():
+    model = make_model()
+    names = [v.path if hasattr(v, "path") else v.name for v in model.variables]
+    assert not any("epoch_codes" in n or "epoch_seen" in n for n in names)
+
+
+def test_count_normalised_pair_weights_as_the_authors_chnr():
+    model = make_model(pair_weight_norm="count")
+    model.compile()
+    batch = random_batch()
+    weights = np.array([1, 0.5, 0, 1], "float32")
+    terms = {k: float(v) for k, v in model.test_step(dict(batch, pair_weights=weights)).items()}
+    codes = model.encode_views(batch)
+    per_item = np.asarray(nt_xent_loss(codes["image_codes"], codes["text_codes"]))
+    assert terms["contrastive_inter"] == pytest.approx(float((weights * per_item).sum() / 4), rel=1e-5)
+    with pytest.raises(ValueError, match="pair_weight_norm must be one of"):
+        make_model(pair_weight_norm="sum")
