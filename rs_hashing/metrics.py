@@ -264,6 +264,39 @@ def map_at_k(
                                            k=k, protocol=protocol)))
 
 
+def map_at_k_by_similarity(
+    query_vectors: ArrayLike,
+    database_vectors: ArrayLike,
+    relevant: ArrayLike,
+    k: int | None = 20,
+    protocol: str = "duch",
+) -> float:
+    """mAP@k of a ranking by cosine similarity of real-valued vectors (the hash heads'
+    continuous outputs), best first, ties by database index: the ceiling the signs of
+    the same vectors (`map_at_k`) are measured against.
+
+    Args:
+        query_vectors: [Q, K] float vectors; database_vectors: [D, K].
+        relevant, k, protocol: as `average_precision`.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    _check_k(k)
+    query = np.asarray(query_vectors, np.float64)
+    database = np.asarray(database_vectors, np.float64)
+    if query.ndim != 2 or database.ndim != 2 or query.shape[1] != database.shape[1]:
+        raise ValueError(f"vectors must be [Q, K] and [D, K], got {query.shape} and {database.shape}")
+    relevant = _check_relevant(relevant, len(query), len(database))
+    unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    query, database = unit(query), unit(database)
+    precisions = []
+    for rows in _query_chunks(len(query), len(database)):
+        order = np.argsort(-(query[rows] @ database.T), axis=1, kind="stable")
+        precisions.append(_average_precision_sorted(np.take_along_axis(relevant[rows], order, axis=1), k,
+                                                    protocol))
+    return float(np.mean(np.concatenate(precisions)))
+
+
 def _precision_cutoffs(ks: Sequence[int], database_size: int) -> dict[int, int]:
     """Validates `ks` and maps each k to the number of ranks it can look at."""
     ks = [int(k) if isinstance(k, np.integer) else k for k in ks]

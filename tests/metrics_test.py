@@ -347,3 +347,25 @@ class TestEvaluateRetrieval:
         del codes["query_text"]
         with pytest.raises(ValueError, match="query_text"):
             metrics.evaluate_retrieval(codes, labels)
+
+
+class TestMapBySimilarity:
+    def test_hand_example(self):
+        # One query; database cosines 0.8, -1, 0.99..., 0 -> ranks d2, d0, d3, d1.
+        query = np.array([[1.0, 0.0]])
+        database = np.array([[0.8, 0.6], [-1.0, 0.0], [1.0, 0.01], [0.0, 1.0]])
+        relevant = np.array([[True, False, False, True]])
+        # Relevant at ranks 2 and 3: AP = (1/2 + 2/3) / 2.
+        assert metrics.map_at_k_by_similarity(query, database, relevant, k=20) == pytest.approx((0.5 + 2 / 3) / 2)
+
+    def test_signs_ranked_by_similarity_equal_hamming_ranking(self):
+        # For +-1 codes cosine = 1 - 2 d / K: the same order, ties by index both ways.
+        rng = np.random.default_rng(0)
+        query, database = np.sign(rng.normal(size=(2, 30, 16)))
+        relevant = rng.random((30, 30)) < 0.3
+        assert metrics.map_at_k_by_similarity(query, database, relevant, k=5) == pytest.approx(
+            metrics.map_at_k(query, database, relevant, k=5))
+
+    def test_bad_shapes_raise(self):
+        with pytest.raises(ValueError, match="vectors must be"):
+            metrics.map_at_k_by_similarity(np.ones((2, 3)), np.ones((2, 4)), np.ones((2, 2), bool))

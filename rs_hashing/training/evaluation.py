@@ -28,17 +28,34 @@ def retrieval_features(store: FeatureStore, split: ProtocolSplit) -> dict[str, n
     return out
 
 
-def encode_sets(model, features: dict[str, np.ndarray], batch_size: int = 1024) -> dict[str, np.ndarray]:
-    """Binary codes of every retrieval set, plus their labels."""
-    codes = {}
+def encode_continuous(model, features: dict[str, np.ndarray], batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """The heads' continuous outputs (before the sign) of every retrieval set."""
+    outputs = {}
     for key in CODE_KEYS:
         encode = model.encode_image if key.endswith("image") else model.encode_text
         parts = [np.asarray(encode(features[key][i:i + batch_size], training=False))
                  for i in range(0, len(features[key]), batch_size)]
-        codes[key] = binarize(np.concatenate(parts))
+        outputs[key] = np.concatenate(parts)
+    return outputs
+
+
+def encode_sets(model, features: dict[str, np.ndarray], batch_size: int = 1024,
+                continuous: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Binary codes of every retrieval set, plus their labels."""
+    continuous = continuous if continuous is not None else encode_continuous(model, features, batch_size)
+    codes = {key: binarize(continuous[key]) for key in CODE_KEYS}
     codes["query_labels"] = features["query_labels"]
     codes["database_labels"] = features["database_labels"]
     return codes
+
+
+def continuous_map(continuous: dict[str, np.ndarray], labels: dict[str, np.ndarray], k: int = 20) -> dict:
+    """mAP@k (authors' definition) of every task ranked by the cosine of the continuous
+    outputs: what the codes would reach without binarisation."""
+    relevant = metrics.relevance_from_labels(labels["query"], labels["database"])
+    return {task: metrics.map_at_k_by_similarity(continuous[f"query_{query}"], continuous[f"database_{database}"],
+                                                 relevant, k=k)
+            for task, (query, database) in metrics.TASKS.items()}
 
 
 def evaluate_codes(codes: dict[str, np.ndarray], k: int = 20) -> tuple[dict, dict]:
@@ -54,9 +71,18 @@ def evaluate_codes(codes: dict[str, np.ndarray], k: int = 20) -> tuple[dict, dic
 
 
 def evaluate_model(model, store: FeatureStore, split: ProtocolSplit, k: int = 20):
-    """Encodes the query and database sets and scores all four tasks."""
-    codes = encode_sets(model, retrieval_features(store, split))
+    """Encodes the query and database sets and scores all four tasks: mAP@k of the codes
+    (authors' and truncated), of the continuous outputs (`map@k_continuous`, the
+    binarisation gap's other end), precision@k, PR curves; `evaluated_on` says whether
+    the sets were the test queries and database or a validation split's."""
+    features = retrieval_features(store, split)
+    continuous = encode_continuous(model, features)
+    codes = encode_sets(model, features, continuous=continuous)
     results, curves = evaluate_codes(codes, k=k)
+    results[f"map@{k}_continuous"] = continuous_map(
+        continuous, {"query": features["query_labels"], "database": features["database_labels"]}, k=k)
+    results["evaluated_on"] = split.evaluated_on
+    results["sizes"] = split.sizes()
     return results, curves, codes
 
 
