@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from rs_hashing import config as config_lib
+from rs_hashing import training
 from rs_hashing.atomic_files import atomic_open, write_json_atomic
 from rs_hashing.codes import binarize
 from rs_hashing.data import sentinel2_default
@@ -28,7 +29,6 @@ from rs_hashing.features.extraction import extract_features
 from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.hashing_model import HashingModel
 from rs_hashing.index.hamming_index import HammingIndex
-from rs_hashing.training import trainer
 
 
 def search_by_text(queries: list[str], model: HashingModel, store: FeatureStore, dataset: CaptionDataset,
@@ -120,7 +120,7 @@ def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], ve
                                                  "run_dir": os.path.join(workdir, "run")})
 
     t = time.perf_counter()
-    results = trainer.train(config, verbose=verbose, dataset=dataset, overwrite=overwrite)
+    results = training.run(config, verbose=verbose, dataset=dataset, overwrite=overwrite)
     timings["train_and_evaluate_s"] = time.perf_counter() - t
     model = HashingModel.from_run(config.train.run_dir,
                                   encoders=encoders if policy is None else None)

@@ -32,7 +32,7 @@ def test_main_job_loads_the_dataset_once_and_builds_each_encoder_once(tmp_path, 
     from rs_hashing import config as config_lib  # pylint: disable=import-outside-toplevel
     from rs_hashing import main_job  # pylint: disable=import-outside-toplevel
     from rs_hashing.encoders import frozen_encoders  # pylint: disable=import-outside-toplevel
-    from rs_hashing.training import trainer  # pylint: disable=import-outside-toplevel
+    from rs_hashing.training import run_kit  # pylint: disable=import-outside-toplevel
 
     calls = {"dataset": 0, "image": 0, "text": 0}
 
@@ -43,7 +43,7 @@ def test_main_job_loads_the_dataset_once_and_builds_each_encoder_once(tmp_path, 
         return wrapper
 
     monkeypatch.setattr(main_job, "load_dataset", counting("dataset", main_job.load_dataset))
-    monkeypatch.setattr(trainer, "load_dataset", counting("dataset", trainer.load_dataset))
+    monkeypatch.setattr(run_kit, "load_dataset", counting("dataset", run_kit.load_dataset))
     # The smoke preset's seeded tiny CNN is built directly (other encoders through
     # build_image_encoder): count both.
     monkeypatch.setattr(frozen_encoders, "build_image_encoder",

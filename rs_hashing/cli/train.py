@@ -18,9 +18,12 @@ import json
 
 from absl import flags
 
+from rs_hashing import training
 from rs_hashing.cli import config_flags
 from rs_hashing.cli.errors import USER_ERRORS, exit_with_error
-from rs_hashing.training import trainer
+# The drivers import TensorFlow: here, under the command's quiet start-up (`quiet_imports`),
+# not when `training.run` is called.
+from rs_hashing.training import chnr, duch  # noqa: F401  pylint: disable=unused-import
 
 DEFAULT_PRESET = "demo"
 
@@ -38,12 +41,7 @@ def main(argv):
     try:
         config = config_flags.config_from_flags()
         config_flags.seed_run(config)
-        if config.model.method == "chnr":
-            from rs_hashing.training import chnr_trainer  # pylint: disable=import-outside-toplevel
-
-            results = chnr_trainer.train_chnr(config, overwrite=overwrite)
-        else:
-            results = trainer.train(config, overwrite=overwrite)
+        results = training.run(config, overwrite=overwrite)
     except USER_ERRORS as e:
         exit_with_error(e)
     print(json.dumps({k: results[k] for k in results if k.startswith("map@")}, indent=2))

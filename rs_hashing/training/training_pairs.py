@@ -8,8 +8,15 @@ the captions of the image whose caption replaced its own. Three caption modes:
 * `random`: a caption drawn from the pool anew for every epoch;
 * `all_pairs`: every caption of the pool is its own training pair (5x longer epochs).
 
-Batch order depends only on (seed, epoch), so a resumed run sees exactly the batches an
-uninterrupted one would have seen.
+An epoch is every pair once, in an order that depends only on (seed, epoch), so a
+resumed run sees exactly the batches an uninterrupted one would have seen. Its last
+batch is the remainder when the pairs do not fill whole batches (the authors' loaders,
+drop_last=False), except a remainder of one pair, which is dropped: BatchNorm cannot
+normalise a batch of one sample.
+
+Items carry their global training-item id (`item_ids`, the position in `split.train`),
+which batches give as `index`: a subset of the training set (CHNR's trusted pairs)
+addresses the same rows of the model's binary-target table as the whole set.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from rs_hashing.features.feature_store import FeatureStore
 
 @dataclasses.dataclass
 class TrainingPairs:
-    """Arrays of the training set.
+    """Arrays of the training set, or of a subset of it.
 
     Attributes:
       image, image_aug: [T, Di] features of the T training images.
+      item_ids: [T] global training-item id of each item (its position in `split.train`),
+        the `index` its batches carry.
       text_pool, text_aug_pool: [P, Dt] features of every caption a pair may use.
       pool_offsets: [T + 1] item t draws captions pool_offsets[t]:pool_offsets[t+1].
       chosen: [T] pool index of the caption used in `one` mode.
@@ -42,6 +51,7 @@ class TrainingPairs:
 
     image: np.ndarray
     image_aug: np.ndarray
+    item_ids: np.ndarray
     text_pool: np.ndarray
     text_aug_pool: np.ndarray
     pool_offsets: np.ndarray
@@ -53,7 +63,8 @@ class TrainingPairs:
     @classmethod
     def from_store(cls, store: FeatureStore, split: ProtocolSplit, noise: NoisyPairs | None = None,
                    items: np.ndarray | None = None) -> "TrainingPairs":
-        """Training pairs of `split.train` (or of the training positions `items`)."""
+        """Training pairs of `split.train`, or of the training items `items` (global ids,
+        positions in `split.train`), which keep their ids."""
         train = split.train
         source = noise.caption_source if noise is not None else np.arange(len(train))
         noisy = noise.noisy if noise is not None else np.zeros(len(train), bool)
@@ -69,6 +80,7 @@ class TrainingPairs:
         return cls(
             image=np.asarray(store.image[images], np.float32),
             image_aug=np.asarray(store.image_aug[images], np.float32),
+            item_ids=positions.astype(np.int64),
             text_pool=np.asarray(store.text[pool], np.float32),
             text_aug_pool=np.asarray(store.text_aug[pool], np.float32),
             pool_offsets=pool_offsets,
@@ -82,7 +94,8 @@ class TrainingPairs:
         return len(self.image)
 
     def pairs_for_epoch(self, mode: str, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(item index, pool index) of every pair of an epoch, in training order."""
+        """(item position, pool index) of every pair of an epoch, in training order; item
+        positions are rows of these arrays (`item_ids` maps them to global ids)."""
         rng = np.random.default_rng([seed, epoch])
         count = len(self)
         if mode == "one":
@@ -99,46 +112,65 @@ class TrainingPairs:
         order = rng.permutation(len(items))
         return items[order], captions[order]
 
+    def num_pairs(self, mode: str) -> int:
+        """Pairs of an epoch: one per item, or one per caption in `all_pairs` mode."""
+        return len(self.text_pool) if mode == "all_pairs" else len(self)
+
     def steps_per_epoch(self, mode: str, batch_size: int) -> int:
-        pairs = len(self.text_pool) if mode == "all_pairs" else len(self)
-        if pairs < batch_size:
-            raise ValueError(f"batch_size={batch_size} is larger than the {pairs} training pairs")
-        return pairs // batch_size  # The last partial batch is dropped: contrastive terms need full batches.
+        """Batches of an epoch: ceil(pairs / batch_size), less a last batch of one pair
+        (dropped: BatchNorm cannot normalise one sample)."""
+        pairs = self.num_pairs(mode)
+        if pairs < 2:
+            raise ValueError(f"{pairs} training pair(s): training needs at least 2 (a batch of one cannot be "
+                             "normalised)")
+        full, remainder = divmod(pairs, batch_size)
+        return full + int(remainder >= 2)
 
     def batch(self, items: np.ndarray, captions: np.ndarray) -> dict[str, np.ndarray]:
+        """The pairs (item positions `items`, pool indices `captions`) as a named batch;
+        `index` is the items' global ids."""
         return {
             "image": self.image[items],
             "image_aug": self.image_aug[items],
             "text": self.text_pool[captions],
             "text_aug": self.text_aug_pool[captions],
-            "index": items.astype(np.int32),
+            "index": self.item_ids[items].astype(np.int32),
             "pair_weights": self.pair_weights[captions],
         }
 
-    def batches(self, mode: str, batch_size: int, seed: int, first_epoch: int,
-                epochs: int) -> Iterator[dict[str, np.ndarray]]:
+    def epoch_chunks(self, mode: str, batch_size: int, seed: int, first_epoch: int,
+                     epochs: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(item positions, pool indices) of every batch of epochs [first_epoch, epochs):
+        `steps_per_epoch` batches an epoch, the last one the remainder."""
         steps = self.steps_per_epoch(mode, batch_size)
         for epoch in range(first_epoch, epochs):
             items, captions = self.pairs_for_epoch(mode, seed, epoch)
             for step in range(steps):
                 chunk = slice(step * batch_size, (step + 1) * batch_size)
-                yield self.batch(items[chunk], captions[chunk])
+                yield items[chunk], captions[chunk]
+
+    def batches(self, mode: str, batch_size: int, seed: int, first_epoch: int,
+                epochs: int) -> Iterator[dict[str, np.ndarray]]:
+        for items, captions in self.epoch_chunks(mode, batch_size, seed, first_epoch, epochs):
+            yield self.batch(items, captions)
 
     def dataset(self, mode: str, batch_size: int, seed: int, first_epoch: int, epochs: int) -> tf.data.Dataset:
-        """Batches for `model.fit(..., initial_epoch=first_epoch, epochs=epochs)`."""
+        """Batches for `model.fit(..., initial_epoch=first_epoch, epochs=epochs)`, of
+        `batch_size` pairs but the last of each epoch (batch dimension None)."""
         image_dim, text_dim = self.image.shape[1], self.text_pool.shape[1]
         signature = {
-            "image": tf.TensorSpec([batch_size, image_dim], tf.float32),
-            "image_aug": tf.TensorSpec([batch_size, image_dim], tf.float32),
-            "text": tf.TensorSpec([batch_size, text_dim], tf.float32),
-            "text_aug": tf.TensorSpec([batch_size, text_dim], tf.float32),
-            "index": tf.TensorSpec([batch_size], tf.int32),
-            "pair_weights": tf.TensorSpec([batch_size], tf.float32),
+            "image": tf.TensorSpec([None, image_dim], tf.float32),
+            "image_aug": tf.TensorSpec([None, image_dim], tf.float32),
+            "text": tf.TensorSpec([None, text_dim], tf.float32),
+            "text_aug": tf.TensorSpec([None, text_dim], tf.float32),
+            "index": tf.TensorSpec([None], tf.int32),
+            "pair_weights": tf.TensorSpec([None], tf.float32),
         }
         return tf.data.Dataset.from_generator(
             lambda: self.batches(mode, batch_size, seed, first_epoch, epochs),
             output_signature=signature).prefetch(2)
 
     def all_views(self) -> dict[str, np.ndarray]:
-        """Every item once with its `one`-mode caption (binary-target updates, scoring)."""
+        """Every item once with its `one`-mode caption (binary-target updates, scoring);
+        `index` holds the items' global ids."""
         return self.batch(np.arange(len(self)), self.chosen)

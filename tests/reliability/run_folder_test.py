@@ -1,6 +1,6 @@
 """Faults and hostile input around a run folder: a full disk, features made otherwise, a
-finished run re-run with other flags, truncated checkpoints (rs_hashing.training.trainer,
-run_folder, checkpoints).
+finished run re-run with other flags, truncated checkpoints (rs_hashing.training.duch,
+run_kit, run_folder, checkpoints).
 
 One tiny finished DUCH run (smoke preset at tests/testing.py's TINY sizes, 2 epochs) is
 made once; every test works on its own copy of the folder.
@@ -23,9 +23,9 @@ import tensorflow as tf
 from rs_hashing import config as config_lib
 from rs_hashing.errors import FeatureStoreError, RunConflictError, TrainingError
 from rs_hashing.hashing_model import HashingModel
-from rs_hashing.training import evaluation, run_folder, trainer
+from rs_hashing.training import duch, evaluation, run_folder, run_kit
 from tests import testing
-from tests.training.trainer_test import _make_store
+from tests.training.tiny_store import make_store
 
 EPOCHS = 2
 # 32 KiB: more than config.json, metrics.json or codes.npz need, less than the weights
@@ -56,10 +56,10 @@ def finished(tmp_path_factory):
     """A finished tiny run: its folder, config, flags, data and store."""
     _deterministic()
     root = tmp_path_factory.mktemp("run_folder")
-    data, features = _make_store(root / "data")
+    data, features = make_store(root / "data")
     flag_values = _flags(data, features, str(root / "finished"))
     config = config_lib.config_from_flags("smoke", flag_values)
-    trainer.train(config, verbose=0)
+    duch.train(config, verbose=0)
     return {"root": root, "data": data, "features": features, "flags": flag_values, "config": config,
             "workdir": config.train.run_dir}
 
@@ -85,8 +85,8 @@ def _snapshot(folder: str) -> dict[str, bytes]:
 def _reloaded_codes_match(workdir: str, config: config_lib.Config) -> None:
     """The run loads (HashingModel.from_run) and its heads give the codes of codes.npz."""
     model = HashingModel.from_run(workdir)
-    _, store, split, _ = trainer.prepare(config)
-    reloaded = evaluation.encode_sets(model.heads, evaluation.retrieval_features(store, split))
+    prepared = run_kit.prepare(config)
+    reloaded = evaluation.encode_sets(model.heads, evaluation.retrieval_features(prepared.store, prepared.split))
     codes = np.load(os.path.join(workdir, "codes.npz"))
     for key in evaluation.CODE_KEYS:
         np.testing.assert_array_equal(reloaded[key], codes[key], err_msg=key)
@@ -107,18 +107,18 @@ _FULL_DISK_CHILD = textwrap.dedent("""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     from rs_hashing import config as config_lib
     from rs_hashing.errors import RunConflictError
-    from rs_hashing.training import trainer
+    from rs_hashing.training import duch
 
     workdir = sys.argv[1]
     config = config_lib.load_config(workdir)
     longer = config_lib.apply_overrides(config, {"epochs": config.train.epochs + 2})
     try:
-        trainer.train(longer, workdir=workdir, verbose=0)
+        duch.train(longer, workdir=workdir, verbose=0)
         print("LONGER ACCEPTED")
     except RunConflictError as e:
         print("LONGER REFUSED:", e)
     try:
-        trainer.train(config, workdir=workdir, verbose=0)
+        duch.train(config, workdir=workdir, verbose=0)
         print("SAME WRITTEN")
     except OSError as e:
         print("SAME FAILED:", e)
@@ -163,7 +163,7 @@ def test_features_made_with_other_encoder_settings_are_refused(finished, tmp_pat
     config = config_lib.config_from_flags("smoke", dict(finished["flags"], features=store, run_dir=workdir))
 
     with pytest.raises(FeatureStoreError) as error:
-        trainer.train(config, verbose=0)
+        duch.train(config, verbose=0)
     message = str(error.value)
     assert message.startswith(f"{manifest_path}: ")
     assert "image_size: features made at 224, config says 16" in message
@@ -177,10 +177,10 @@ def test_features_made_with_other_encoder_settings_are_refused(finished, tmp_pat
         json.dump(dict(manifest, **made, radiometry={"mode": "fixed", "range16": [0.0, 10000.0]}), f)
     with pytest.raises(FeatureStoreError, match=r"radiometry\.range16: features made with \[0\.0, 10000\.0\], "
                                                 r"config says \[0\.0, 3000\.0\]"):
-        trainer.prepare(config)
+        run_kit.prepare(config)
     with open(manifest_path, "w", encoding="utf-8") as f:
         json.dump(dict(manifest, **made), f)
-    trainer.prepare(config)
+    run_kit.prepare(config)
 
 
 def test_finished_run_rerun_with_other_bits_is_refused_and_left_unchanged(finished, tmp_path):
@@ -188,7 +188,7 @@ def test_finished_run_rerun_with_other_bits_is_refused_and_left_unchanged(finish
     before = _snapshot(workdir)
     config = config_lib.config_from_flags("smoke", dict(finished["flags"], run_dir=workdir, bits=32))
     with pytest.raises(RunConflictError) as error:
-        trainer.train(config, verbose=0)
+        duch.train(config, verbose=0)
     message = str(error.value)
     assert f"{os.path.join(workdir, 'config.json')}: the folder holds a run of another configuration " \
            "(model.bits: 8 -> 32); " in message
@@ -214,12 +214,12 @@ def test_overwrite_starts_a_fresh_run_and_keeps_other_files(finished, tmp_path):
     with open(leftover, "w", encoding="utf-8") as f:
         f.write("{")
     config = config_lib.config_from_flags("smoke", dict(finished["flags"], run_dir=workdir, bits=16))
-    results = trainer.train(config, verbose=0, overwrite=True)
+    results = duch.train(config, verbose=0, overwrite=True)
     assert results["resumed_from_epoch"] == 0
     assert config_lib.load_config(workdir) == config
     assert HashingModel.from_run(workdir).heads.bits == 16
     assert np.load(os.path.join(workdir, "codes.npz"))["query_image"].shape[1] == 16
-    assert len(trainer._read_history(os.path.join(workdir, "history.csv"))["loss"]) == EPOCHS
+    assert len(run_kit.read_history(os.path.join(workdir, "history.csv"))["loss"]) == EPOCHS
     events = [name for _, _, names in os.walk(os.path.join(workdir, "tensorboard")) for name in names]
     assert len(events) == 1, events  # The old run's TensorBoard log is gone.
     assert not os.path.exists(leftover)
@@ -251,15 +251,15 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(finished, tm
     with pytest.warns(UserWarning, match=rf"checkpoint ckpt-{EPOCHS} \(.*{latest}.*\) in .*checkpoints is "
                                          rf"unreadable \(.+\); moved aside .*resuming from the earlier "
                                          rf"checkpoint ckpt-{EPOCHS - 1}"):
-        results = trainer.train(finished["config"], workdir=workdir, verbose=0)
+        results = duch.train(finished["config"], workdir=workdir, verbose=0)
     # Resumed from the earlier epoch, and ended as the uninterrupted run did.
     assert results["resumed_from_epoch"] == EPOCHS - 1
     expected, codes = (np.load(os.path.join(folder, "codes.npz")) for folder in (finished["workdir"], workdir))
     for key in evaluation.CODE_KEYS:
         np.testing.assert_array_equal(codes[key], expected[key], err_msg=key)
-    history = trainer._read_history(os.path.join(workdir, "history.csv"))
+    history = run_kit.read_history(os.path.join(workdir, "history.csv"))
     np.testing.assert_allclose(history["loss"],
-                               trainer._read_history(os.path.join(finished["workdir"], "history.csv"))["loss"],
+                               run_kit.read_history(os.path.join(finished["workdir"], "history.csv"))["loss"],
                                rtol=1e-5)
     assert os.path.isfile(os.path.join(checkpoints, "corrupt-" + latest))
     assert tf.train.latest_checkpoint(checkpoints) == os.path.join(checkpoints, f"ckpt-{EPOCHS}")
@@ -273,7 +273,7 @@ def test_no_readable_checkpoint_is_a_one_line_error(finished, tmp_path):
         _truncate(os.path.join(checkpoints, f"ckpt-{epoch}.data-00000-of-00001"))
     before = _snapshot(workdir)
     with pytest.raises(TrainingError) as error:
-        trainer.train(finished["config"], workdir=workdir, verbose=0)
+        duch.train(finished["config"], workdir=workdir, verbose=0)
     message = str(error.value)
     assert message.startswith(f"no usable checkpoint in {checkpoints}: ckpt-{EPOCHS} (")
     assert f"ckpt-{EPOCHS}.data-00000-of-00001" in message and f"ckpt-{EPOCHS - 1}.data-00000-of-00001" in message

@@ -1,28 +1,11 @@
+"""Tests for rs_hashing.training.training_pairs: pairs, caption modes, epochs and batches."""
+
 import numpy as np
 import pytest
 
 from rs_hashing.data.noisy_pairs import NoisyPairs
-from rs_hashing.data.protocol_split import ProtocolSplit
 from rs_hashing.training.training_pairs import TrainingPairs
-
-
-class FakeStore:
-    """Features whose values encode their own row: image i -> [i], caption c -> [c]."""
-
-    def __init__(self, captions_per_image):
-        counts = np.asarray(captions_per_image)
-        self.caption_offsets = np.concatenate([[0], np.cumsum(counts)])
-        n, m = len(counts), int(counts.sum())
-        self.image = np.arange(n, dtype=np.float32)[:, None]
-        self.image_aug = self.image + 0.5
-        self.text = np.arange(m, dtype=np.float32)[:, None]
-        self.text_aug = self.text + 0.5
-        self.labels = np.arange(n) % 2
-
-
-def _split(n, choice):
-    return ProtocolSplit(train=np.arange(0, n, 2), query=np.arange(1, n, 4), database=np.arange(3, n, 4),
-                         caption_choice=np.asarray(choice))
+from tests.training.tiny_store import FakeStore, fake_split as _split
 
 
 def test_one_mode_pairs_each_image_with_its_chosen_caption():
@@ -74,8 +57,8 @@ def test_caption_modes():
     items, captions = pairs.pairs_for_epoch("all_pairs", 0, 0)
     assert sorted(captions.tolist()) == list(range(20)) and len(items) == 20
     assert pairs.steps_per_epoch("all_pairs", 4) == 5 and pairs.steps_per_epoch("one", 4) == 1
-    with pytest.raises(ValueError, match="batch_size=8 is larger than the 4 training pairs"):
-        pairs.steps_per_epoch("one", 8)
+    # Fewer pairs than a batch: one partial batch an epoch.
+    assert pairs.steps_per_epoch("one", 8) == 1 and pairs.steps_per_epoch("all_pairs", 32) == 1
     with pytest.raises(ValueError, match="caption_mode='many'"):
         pairs.pairs_for_epoch("many", 0, 0)
 
@@ -88,3 +71,58 @@ def test_tf_dataset_yields_named_batches():
     assert len(batches) == 4
     assert set(batches[0]) == {"image", "image_aug", "text", "text_aug", "index", "pair_weights"}
     assert batches[0]["image"].shape == (4, 1) and np.all(batches[0]["pair_weights"].numpy() == 0.25)
+
+
+def _epoch_batches(pairs, batch_size, epochs=2, mode="one"):
+    """The numpy batches of `epochs` epochs, grouped by epoch."""
+    steps = pairs.steps_per_epoch(mode, batch_size)
+    batches = list(pairs.batches(mode, batch_size, seed=0, first_epoch=0, epochs=epochs))
+    assert len(batches) == steps * epochs
+    return [batches[e * steps:(e + 1) * steps] for e in range(epochs)]
+
+
+def test_an_epoch_keeps_its_last_partial_batch():
+    # DUCH on RSICD: 5000 training pairs at batch 256 are 19 full batches and one of 136.
+    store = FakeStore([1] * 10000)
+    pairs = TrainingPairs.from_store(store, _split(10000, [0] * 10000))
+    assert len(pairs) == 5000 and pairs.steps_per_epoch("one", 256) == 20
+    for epoch in _epoch_batches(pairs, 256):
+        assert [len(batch["index"]) for batch in epoch] == [256] * 19 + [136]
+        np.testing.assert_array_equal(np.sort(np.concatenate([b["index"] for b in epoch])), np.arange(5000))
+
+
+def test_a_last_batch_of_one_pair_is_dropped():
+    store = FakeStore([2] * 18)  # 9 training items, 18 captions
+    pairs = TrainingPairs.from_store(store, _split(18, [0] * 18))
+    assert pairs.steps_per_epoch("one", 4) == 2  # 4 + 4 (+ 1 dropped)
+    assert pairs.steps_per_epoch("one", 8) == 1  # 8 (+ 1 dropped)
+    assert pairs.steps_per_epoch("one", 3) == 3 and pairs.steps_per_epoch("all_pairs", 4) == 5  # 4*4 + 2
+    for epoch in _epoch_batches(pairs, 4):
+        assert [len(batch["index"]) for batch in epoch] == [4, 4]
+        assert len(set(np.concatenate([b["index"] for b in epoch]))) == 8
+    one_item = TrainingPairs.from_store(FakeStore([2] * 2), _split(2, [0, 0]))
+    with pytest.raises(ValueError, match="1 training pair.*at least 2"):
+        one_item.steps_per_epoch("one", 4)
+    assert one_item.steps_per_epoch("all_pairs", 4) == 1  # its two captions are two pairs
+
+
+def test_a_subset_keeps_the_global_ids_of_its_items():
+    store = FakeStore([2] * 12)  # training items 0..5 are images 0, 2, ..., 10
+    items = np.array([1, 4, 5])
+    pairs = TrainingPairs.from_store(store, _split(12, [1] * 12), items=items)
+    np.testing.assert_array_equal(pairs.item_ids, items)
+    views = pairs.all_views()
+    assert views["index"].tolist() == [1, 4, 5] and views["image"][:, 0].tolist() == [2, 8, 10]
+    assert views["text"][:, 0].tolist() == [5, 17, 21]  # caption 1 of images 2, 8, 10
+    for batch in pairs.batches("all_pairs", 2, seed=0, first_epoch=0, epochs=1):
+        np.testing.assert_array_equal(batch["image"][:, 0], 2 * batch["index"])  # id t is image 2t
+    whole = TrainingPairs.from_store(store, _split(12, [1] * 12))
+    np.testing.assert_array_equal(whole.item_ids, np.arange(6))
+
+
+def test_tf_dataset_batches_have_an_open_batch_dimension():
+    store = FakeStore([1] * 20)
+    pairs = TrainingPairs.from_store(store, _split(20, [0] * 20))
+    data = pairs.dataset("one", 4, seed=0, first_epoch=0, epochs=2)
+    assert all(spec.shape[0] is None for spec in data.element_spec.values())
+    assert [int(batch["index"].shape[0]) for batch in data] == [4, 4, 2] * 2

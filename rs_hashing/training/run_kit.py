@@ -1,7 +1,10 @@
-"""Trains a cross-modal hashing model from a feature store and evaluates it.
+"""The shared kit of the training drivers (`duch`, `chnr`): data, model, checkpoint,
+callbacks, `fit` and the finished run folder.
 
-`train(config)` is the one library call behind `python -m train.train`. It writes into
-the work directory:
+A driver is a short script over this kit: `prepare` (dataset, validated feature store,
+protocol split, noise), `start_run` (the folder's rules, below), `build_model` and
+`compile_model`, `restore_checkpoint` of `hashing_checkpoint_objects`, `fit_hashing`
+with `hashing_callbacks`, and `finish_run`. A run folder holds:
 
     config.json            the resolved configuration
     checkpoints/           the last good epoch (model, both optimizers, epoch counter);
@@ -15,6 +18,8 @@ the work directory:
     metrics.json           mAP@k (authors' and truncated), precision@k, wall time
     codes.npz              binary codes and labels of the query and database sets
     pr_curves.json, pr_curve.png, training_curves.png
+
+and CHNR's detector files besides (see `chnr`).
 
 A run folder belongs to one configuration from the moment training starts (the rules are
 `rs_hashing.training.run_folder`'s, `checkpoints`' and `weights_file`'s; the callbacks of
@@ -50,8 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import keras
 import numpy as np
@@ -59,26 +63,54 @@ import tensorflow as tf
 
 from rs_hashing import config as config_lib
 from rs_hashing import plots
+from rs_hashing.atomic_files import atomic_path, savez_atomic, write_bytes_atomic, write_json_atomic
+from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.data.loaders import load_dataset
 from rs_hashing.data.noisy_pairs import NoisyPairs
 from rs_hashing.data.protocol_split import ProtocolSplit
-from rs_hashing.atomic_files import atomic_path, savez_atomic, write_bytes_atomic, write_json_atomic
-from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.encoders.encoder_identity import encoder_identity
 from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 from rs_hashing.training import evaluation
 from rs_hashing.training.binary_target_updater import BinaryTargetUpdater
 from rs_hashing.training.callbacks import EpochCheckpoint, HistoryLog, NanGuard, StepDecay, _read_rows
-from rs_hashing.training.checkpoints import restore_checkpoint
-from rs_hashing.training.run_folder import CHECKPOINTS, TENSORBOARD, check_feature_settings, start_run
+from rs_hashing.training.run_folder import TENSORBOARD, check_feature_settings
 from rs_hashing.training.training_pairs import TrainingPairs
 from rs_hashing.training.weights_file import weights_file_bytes
 
 
+class RunData(NamedTuple):
+    """What a run trains and is evaluated on (`prepare`)."""
+
+    dataset: CaptionDataset
+    store: FeatureStore
+    split: ProtocolSplit
+    noise: NoisyPairs | None  # None: no noise injected, no trusted subset
+
+
+def prepare(config: config_lib.Config, dataset: CaptionDataset | None = None) -> RunData:
+    """Dataset (loaded unless given), validated feature store, protocol split and noise
+    of a config. A store made with other encoder settings than the config's is refused
+    (`check_feature_settings`)."""
+    dataset = dataset if dataset is not None else load_dataset(config.data, check_images=False)
+    if not config.features.features:
+        raise ValueError("features is empty: give the feature store folder (--features, as written by "
+                         "`rs-hashing extract-features`)")
+    store = FeatureStore.open(config.features.features, dataset)
+    check_feature_settings(store, config.features)
+    split = ProtocolSplit.for_dataset(dataset, config.data)
+    noise = None
+    if config.data.noise_rate > 0 or config.data.clean_fraction > 0:
+        noise = NoisyPairs.inject(np.asarray(store.labels)[split.train], config.data.noise_rate,
+                                  config.data.noise_seed, config.data.clean_fraction)
+    return RunData(dataset, store, split, noise)
+
+
 def learning_rate_at(config: config_lib.TrainConfig, epoch: int) -> float:
-    """Step decay: x`lr_decay` after each epoch listed (1-based "after epoch e" is the
-    0-based epoch index e), as the papers' schedule (x0.8 after epochs 1 and 51)."""
+    """The hashing nets' learning rate in the 0-based `epoch` (counted across CHNR's two
+    phases): x`lr_decay` after each epoch listed in `lr_decay_epochs`, 1-based ("after
+    epoch e" is the 0-based epoch index e on). The papers' x0.8 after epochs 1 and 51
+    (DUCH, 100 epochs); CHNR's code steps after epoch 101 as well (150 epochs)."""
     return config.learning_rate * config.lr_decay ** sum(1 for e in config.lr_decay_epochs if epoch >= e)
 
 
@@ -95,7 +127,8 @@ def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_tr
         adversarial_weight=m.adversarial_weight, quantization_weight=m.quantization_weight,
         bit_balance_weight=m.bit_balance_weight, temperature=m.temperature, gp_weight=m.gp_weight,
         # Coupled L2 of the authors' batch-sum loss at batch 256, on our mean loss (1/512).
-        hash_l2=config.train.weight_decay / 512, variant=m.variant, seed=config.train.seed)
+        hash_l2=config.train.weight_decay / 512, variant=m.variant, target_codes=config.train.target_codes,
+        seed=config.train.seed)
     unknown = set(overrides) - set(arguments) - {"use_adversarial", "discriminator_l2"}
     if unknown:
         raise ValueError(f"build_model: unknown model argument(s) {sorted(unknown)}")
@@ -104,39 +137,22 @@ def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_tr
 
 
 def compile_model(model: CrossModalHashingModel, config: config_lib.Config) -> None:
-    t = config.train
     model.compile(
         # epsilon 1e-8 as torch's Adam, which the papers used.
-        hash_optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate, epsilon=1e-8),
+        hash_optimizer=keras.optimizers.Adam(learning_rate=config.train.learning_rate, epsilon=1e-8),
         discriminator_optimizer=keras.optimizers.Adam(learning_rate=1e-4, beta_1=0.5, beta_2=0.9, epsilon=1e-8))
 
 
-def _read_history(path: str) -> dict[str, list[float]]:
+def read_history(path: str) -> dict[str, list[float]]:
+    """The values of a history CSV (history.csv, detector_history.csv) by name, one per
+    epoch; NA entries (columns absent in an epoch) left out."""
     rows = _read_rows(path)
     history = {}
     for key in (rows[0] if rows else {}):
-        values = [r[key] for r in rows if r.get(key) not in (None, "", "NA")]  # Keras writes NA for absent columns.
+        values = [row[key] for row in rows if row.get(key) not in (None, "", "NA")]
         if values and key != "epoch":
-            history[key] = [float(v) for v in values]
+            history[key] = [float(value) for value in values]
     return history
-
-
-def prepare(config: config_lib.Config, dataset: CaptionDataset | None = None):
-    """Dataset (loaded unless given), validated feature store, protocol split and noise
-    of a config. A store made with other encoder settings than the config's is refused
-    (`check_feature_settings`)."""
-    dataset = dataset if dataset is not None else load_dataset(config.data, check_images=False)
-    if not config.features.features:
-        raise ValueError("features is empty: give the feature store folder (--features, as written by "
-                         "`rs-hashing extract-features`)")
-    store = FeatureStore.open(config.features.features, dataset)
-    check_feature_settings(store, config.features)
-    split = ProtocolSplit.for_dataset(dataset, config.data)
-    noise = None
-    if config.data.noise_rate > 0 or config.data.clean_fraction > 0:
-        noise = NoisyPairs.inject(np.asarray(store.labels)[split.train], config.data.noise_rate,
-                                  config.data.noise_seed, config.data.clean_fraction)
-    return dataset, store, split, noise
 
 
 def hashing_checkpoint_objects(model: CrossModalHashingModel, epoch_var: tf.Variable) -> dict:
@@ -151,15 +167,18 @@ def hashing_checkpoint_objects(model: CrossModalHashingModel, epoch_var: tf.Vari
                 all_model_variables=list(model.variables))
 
 
-def hashing_callbacks(model: CrossModalHashingModel, config: config_lib.Config, target_views: dict,
+def hashing_callbacks(model: CrossModalHashingModel, config: config_lib.Config, pairs: TrainingPairs,
                       workdir: str, manager: tf.train.CheckpointManager, epoch_var: tf.Variable, epochs: int,
                       first_epoch: int, number_offset: int = 0) -> list[keras.callbacks.Callback]:
-    """Learning-rate steps, binary-target refresh (from `target_views`), NaN guard,
-    checkpoints at epoch ends, history.csv (rows before `first_epoch` kept) and
-    TensorBoard logs of a hashing `fit`."""
+    """Learning-rate steps, binary-target refresh, NaN guard, checkpoints at epoch ends,
+    history.csv (rows before `first_epoch` kept) and TensorBoard logs of a hashing `fit`
+    on `pairs`."""
     t = config.train
+    # The binary targets come from the codes of the epoch's own training steps; only a
+    # model set to take them from an inference pass needs the items to pass over.
+    target_views = pairs.all_views() if model.target_codes == "inference" else None
     return [
-        StepDecay(model.hash_optimizer, lambda e: learning_rate_at(t, e)),
+        StepDecay(model.hash_optimizer, lambda epoch: learning_rate_at(t, epoch)),
         BinaryTargetUpdater(target_views),
         NanGuard(manager.directory),
         # The epoch's history row before its checkpoint: a run killed in between resumes
@@ -171,18 +190,13 @@ def hashing_callbacks(model: CrossModalHashingModel, config: config_lib.Config, 
 
 
 def fit_hashing(model: CrossModalHashingModel, pairs: TrainingPairs, config: config_lib.Config, first_epoch: int,
-                epochs: int, callbacks: list, verbose: int, item_index: np.ndarray | None = None) -> None:
-    """`model.fit` on the pairs' batches for epochs [first_epoch, epochs).
-
-    `item_index` maps the pairs' item positions to rows of the model's binary-target
-    table, for pairs that are a subset of the training set (CHNR's phase 1).
-    """
+                epochs: int, callbacks: list, verbose: int) -> None:
+    """`model.fit` on the pairs' batches for epochs [first_epoch, epochs); the batches'
+    `index` is the items' global ids, so a subset of the training set (CHNR's phase 1)
+    trains the same rows of the binary-target table as the whole set."""
     t = config.train
-    data = pairs.dataset(t.caption_mode, t.batch_size, t.seed, first_epoch, epochs)
-    if item_index is not None:
-        table = tf.constant(np.asarray(item_index, np.int32))
-        data = data.map(lambda batch: dict(batch, index=tf.gather(table, batch["index"])))
-    model.fit(data, epochs=epochs, initial_epoch=first_epoch,
+    model.fit(pairs.dataset(t.caption_mode, t.batch_size, t.seed, first_epoch, epochs),
+              epochs=epochs, initial_epoch=first_epoch,
               steps_per_epoch=pairs.steps_per_epoch(t.caption_mode, t.batch_size),
               callbacks=callbacks, verbose=verbose, shuffle=False)  # Order comes from TrainingPairs.
 
@@ -199,7 +213,7 @@ def finish_run(model: CrossModalHashingModel, config: config_lib.Config, store: 
     """
     results, curves, codes = evaluation.evaluate_model(model, store, split)
     results.update(extra)
-    history = _read_history(os.path.join(workdir, "history.csv"))
+    history = read_history(os.path.join(workdir, "history.csv"))
     weights = weights_file_bytes(model)
     with contextlib.ExitStack() as stack:
         def staged(name: str) -> str:
@@ -222,47 +236,3 @@ def finish_run(model: CrossModalHashingModel, config: config_lib.Config, store: 
         if extra_files is not None:
             extra_files(staged)
     return results
-
-
-def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 2,
-          pairs_hook: Callable[[TrainingPairs], None] | None = None,
-          dataset: CaptionDataset | None = None, overwrite: bool = False) -> dict:
-    """Trains DUCH on the configured features, evaluates, and writes the run folder.
-
-    Args:
-      config: the resolved configuration.
-      workdir: run folder (defaults to `config.train.run_dir`).
-      verbose: Keras fit verbosity (1 = progress bar, 2 = a line per epoch).
-      pairs_hook: called with the training pairs before training (e.g. to set weights).
-      dataset: the config's dataset when the caller has already loaded it.
-      overwrite: start a fresh run in a folder that holds one (see `start_run`).
-    Returns: the content of metrics.json.
-    """
-    started = time.perf_counter()
-    # Both refusals (features made otherwise, a folder of another run) come before the
-    # first write.
-    _, store, split, noise = prepare(config, dataset)
-    workdir = start_run(config, workdir, overwrite=overwrite)
-    if noise is not None:
-        write_json_atomic(os.path.join(workdir, "noise.json"), noise.summary())
-    pairs = TrainingPairs.from_store(store, split, noise)
-    if pairs_hook is not None:
-        pairs_hook(pairs)
-
-    t = config.train
-    model = build_model(config, store.image_dim, store.text_dim, len(pairs))
-    compile_model(model, config)
-    model.build_for_features(t.batch_size)
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    manager = restore_checkpoint(os.path.join(workdir, CHECKPOINTS), **hashing_checkpoint_objects(model, epoch_var))
-    first_epoch = int(epoch_var.numpy())
-
-    if first_epoch < t.epochs:
-        callbacks = hashing_callbacks(model, config, pairs.all_views(), workdir, manager, epoch_var, t.epochs,
-                                      first_epoch=first_epoch)
-        fit_hashing(model, pairs, config, first_epoch, t.epochs, callbacks, verbose)
-    extra = {"train_seconds": round(time.perf_counter() - started, 1), "epochs": t.epochs,
-             "resumed_from_epoch": first_epoch}
-    if noise is not None:
-        extra["realised_noise_rate"] = noise.realised_rate
-    return finish_run(model, config, store, split, workdir, extra)

@@ -1,0 +1,85 @@
+"""End to end: `rs-hashing train` on the smoke preset, DUCH and CHNR, on a tiny learnable
+feature store (the command's own process, as a user runs it)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rs_hashing import config as config_lib
+from tests import testing
+from tests.training.tiny_store import make_store
+
+# 4 balanced classes, 9 queries: random 16-bit codes give an authors' mAP@20 of 0.30 on
+# average, 0.37 in the luckiest 1% of draws.
+CHANCE = 0.3
+
+
+def _train(data: config_lib.DataConfig, features: str, run_dir: str, *flags: str):
+    """`python -m rs_hashing.cli train --preset=smoke` on the tiny store."""
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "rs_hashing.cli", "train", "--preset=smoke", "--dataset=karpathy",
+         f"--caption_file={data.caption_file}", f"--image_dir={data.image_dir}", f"--features={features}",
+         f"--run_dir={run_dir}", "--learning_rate=3e-3", "--batch_size=16", *flags],
+        cwd=testing.REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("train_command"))
+
+
+def _finished(run_dir: str, result) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""  # no TensorFlow start-up lines, no warnings
+    # The command prints a line per epoch, then the mAPs as JSON.
+    printed = json.loads(result.stdout[result.stdout.rindex("{\n  \"map@"):])
+    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    assert printed == {key: value for key, value in metrics.items() if key.startswith("map@")}
+    for name in ("config.json", "history.csv", "model.weights.h5", "model_config.json", "encoders.json", "codes.npz",
+                 "pr_curve.png", "training_curves.png"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    # 48 training pairs at batch 16, 3 batches an epoch: better than chance in every direction.
+    assert min(metrics["map@20"].values()) > CHANCE + 0.15, metrics["map@20"]
+    return metrics
+
+
+def test_train_duch(store, tmp_path):
+    data, features = store
+    run_dir = str(tmp_path / "duch")
+    metrics = _finished(run_dir, _train(data, features, run_dir, "--method=duch", "--epochs=25"))
+    assert (metrics["epochs"], metrics["resumed_from_epoch"]) == (25, 0)
+    assert "detector" not in metrics and not os.path.exists(os.path.join(run_dir, "detector.json"))
+    config = config_lib.load_config(run_dir)
+    assert (config.model.method, config.train.epochs, config.data.clean_fraction) == ("duch", 25, 0.0)
+    history = np.genfromtxt(os.path.join(run_dir, "history.csv"), delimiter=",", names=True)
+    assert len(history) == 25 and np.all(np.isfinite(history["loss"]))
+    assert history["contrastive_inter"][-1] < history["contrastive_inter"][0]
+
+
+def test_train_chnr(store, tmp_path):
+    data, features = store
+    run_dir = str(tmp_path / "chnr")
+    # A fifth of the pairs wrongly captioned; --clean_fraction left to CHNR's default (0.2).
+    metrics = _finished(run_dir, _train(data, features, run_dir, "--method=chnr", "--noise_rate=0.2",
+                                        "--phase1_epochs=10", "--phase2_epochs=15"))
+    assert (metrics["epochs"], metrics["phase1_epochs"], metrics["phase2_epochs"]) == (25, 10, 15)
+    assert 0 < metrics["realised_noise_rate"] < 0.5
+    config = config_lib.load_config(run_dir)
+    assert (config.model.method, config.data.clean_fraction, config.data.noise_rate) == ("chnr", 0.2, 0.2)
+    with open(os.path.join(run_dir, "detector.json"), encoding="utf-8") as f:
+        detector = json.load(f)
+    assert detector["clean_subset_size"] == 10  # round(0.2 * 48): one partial batch an epoch in phase 1
+    assert detector["num_training_pairs"] == 96 and detector["realised_noise_rate"] == metrics["realised_noise_rate"]
+    assert metrics["detector"]["roc_auc"] == detector["roc_auc"]
+    for name in ("detector.weights.h5", "detector_config.json", "detector_history.csv", "detector_scores.png",
+                 "noise.json"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    history = np.genfromtxt(os.path.join(run_dir, "history.csv"), delimiter=",", names=True)
+    assert len(history) == 25 and np.all(history["adversarial"] == 0.0)  # CHNR's loss set
