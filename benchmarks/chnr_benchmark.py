@@ -3,25 +3,27 @@ r"""DUCH and CHNR on RSICD-AID with wrongly paired training captions, 64 bits.
     python -m benchmarks.chnr_benchmark --data_dir=../shared/data/rsicd \
         --features=/path/to/rsicd_store --out=runs/chnr_benchmark
 
-For each noise rate p in --noise_rates (0, 0.1, ..., 0.5) it trains DUCH (--epochs, the
-papers' 100) and CHNR (--phase1_epochs + --phase2_epochs, the paper's 75 + 75) on the
-same corrupted training set: each pair's caption is replaced with probability p by the
+For each noise rate p in --noise_rates (0, 0.1, ..., 0.5) and each of --seeds seeds
+(`benchmarks.seeded_runs`: the seed draws the split, the captions, the noise and the
+initialisation) it trains DUCH (--epochs, the papers' 100) and CHNR (--phase1_epochs +
+--phase2_epochs, the paper's 75 + 75) on the same corrupted training set: each pair's caption is replaced with probability p by the
 caption of a training image of another class, and a fixed --clean_fraction (20%) is never
 corrupted, for both methods (CHNR's trusted subset). Each run is an ordinary
-`train.train` run folder under --out (`duch_noise0.3`, `chnr_noise0.3`, ...); finished
-runs are reused, so a killed benchmark resumes. Writes
+`rs-hashing train` run folder under --out (`duch_noise0.3/seed42`, ...), trained in its
+own process; finished runs are reused, so a killed benchmark resumes. Writes
 
-    results.md            mAP@20 (authors' definition) per noise rate and method, the
-                          detector's ROC-AUC, realised noise rates, and the done-when checks
+    results.md            mAP@20 (authors' definition) per noise rate and method, mean
+                          +- sd over the seeds, the detector's ROC-AUC, realised noise
+                          rates, the done-when checks on the means, and per-seed values
     map_vs_noise.png      mAP@20 against p, image->text and text->image, with the published
                           RSICD curves (CHNR threshold weights, DUCH on noisy data) dashed
                           at their own p grid (.05 .1 .2 .3 .4 .5; other features and the
                           full RSICD: a reference, not a like-for-like figure)
 
-At p = 0 nothing is corrupted and DUCH trains exactly as the DUCH benchmark's
-`as_intended_64` run; --duch_clean_run=runs/duch_benchmark/as_intended_64 reuses that run
-(after checking that its config differs only in paths and the unused noise fields)
-instead of training it again. --report_only trains nothing and reports the finished runs
+At p = 0 nothing is corrupted and DUCH trains exactly as the DUCH benchmark's `default`
+runs; --duch_clean_run=runs/duch_benchmark/test/default_64 reuses its `seed<s>` runs
+(after checking that each config differs only in paths and the unused noise fields)
+instead of training them again. --report_only trains nothing and reports the finished runs
 (the others show as "-").
 
 --set key=value overrides any other config field (e.g. for a quick check on a tiny
@@ -32,18 +34,17 @@ import ast
 import json
 import os
 
-import keras
-import tensorflow as tf
 from absl import app, flags
 
+from benchmarks import seeded_runs
 from rs_hashing import config as config_lib
 from rs_hashing import plots
-from rs_hashing.training import chnr_trainer, trainer
 
 flags.DEFINE_string("preset", "rsicd", "Base configuration.")
 flags.DEFINE_string("data_dir", None, "RSICD-AID folder.", required=True)
 flags.DEFINE_string("features", None, "Feature store of RSICD-AID.", required=True)
 flags.DEFINE_string("out", "runs/chnr_benchmark", "Folder for the runs and the results.")
+flags.DEFINE_integer("seeds", 3, "Number of seeds (42, 43, ...).")
 flags.DEFINE_list("noise_rates", ["0", "0.1", "0.2", "0.3", "0.4", "0.5"], "Noise rates p.")
 flags.DEFINE_list("methods", ["duch", "chnr"], "Methods to run.")
 flags.DEFINE_integer("bits", 64, "Code length (the CHNR paper: 64).")
@@ -54,7 +55,8 @@ flags.DEFINE_float("clean_fraction", 0.2, "Share of training pairs never corrupt
 flags.DEFINE_enum("noise_weighting", "threshold", list(config_lib.NOISE_WEIGHTINGS), "CHNR's pair weights.")
 flags.DEFINE_enum("chnr_loss", "chnr", list(config_lib.CHNR_LOSSES), "CHNR's loss set.")
 flags.DEFINE_string("duch_clean_run", None,
-                    "A finished DUCH run on clean pairs with the same settings, reused as DUCH at p = 0.")
+                    "A folder of finished DUCH runs on clean pairs with the same settings, one seed<s> folder per "
+                    "seed, reused as DUCH at p = 0.")
 flags.DEFINE_bool("report_only", False,
                   "Train nothing: write the table and plot from the runs that have finished.")
 flags.DEFINE_list("set", [], "Extra config overrides, key=value (values parsed as Python literals).")
@@ -98,20 +100,6 @@ def run_config(base: config_lib.Config, method: str, noise_rate: float, workdir:
     return config_lib.apply_overrides(base, overrides)
 
 
-def train_or_reuse(config: config_lib.Config, workdir: str) -> dict:
-    metrics_path = os.path.join(workdir, "metrics.json")
-    if not os.path.exists(metrics_path):
-        keras.utils.set_random_seed(config.train.seed)
-        tf.config.experimental.enable_op_determinism()
-        print(f"=== {os.path.basename(workdir)}", flush=True)
-        if config.model.method == "chnr":
-            chnr_trainer.train_chnr(config, verbose=0)
-        else:
-            trainer.train(config, verbose=0)
-    with open(metrics_path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 # Fields that may differ between a reused clean DUCH run and the one this benchmark would
 # train: paths, the noise injection (nothing is corrupted at p = 0) and CHNR-only settings.
 REUSE_IGNORED = {"data_dir", "features", "run_dir", "clean_fraction", "noise_rate", "noise_seed",
@@ -133,6 +121,11 @@ def reuse_clean_duch(config: config_lib.Config, run_dir: str) -> dict:
         return json.load(f)
 
 
+def _mean(runs: dict[int, dict] | None, getter) -> float | None:
+    values = seeded_runs.collect(runs or {}, getter)
+    return seeded_runs.mean_sd(values)[0] if values else None
+
+
 def results_table(rates: list[float], results: dict) -> str:
     lines = ["| p | realised | DUCH I->T | DUCH T->I | CHNR I->T | CHNR T->I | CHNR-DUCH I->T | CHNR-DUCH T->I "
              "| detector ROC-AUC (unprotected) | threshold | DUCH s | CHNR s |",
@@ -141,40 +134,66 @@ def results_table(rates: list[float], results: dict) -> str:
     def cell(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
 
+    def spread(runs, getter, digits=3):
+        return seeded_runs.cell(seeded_runs.collect(runs or {}, getter), digits)
+
     for p in rates:
         duch, chnr = results.get(("duch", p)), results.get(("chnr", p))
-        maps = {m: (r["map@20"] if r else {}) for m, r in (("duch", duch), ("chnr", chnr))}
-        realised = (chnr or duch or {}).get("realised_noise_rate", 0.0)
-        detector = (chnr or {}).get("detector", {})
-        gaps = [maps["chnr"][t] - maps["duch"][t] if maps["chnr"] and maps["duch"] else None for t in TASKS]
-        if detector.get("roc_auc") is not None:
-            auc = f"{cell(detector['roc_auc'])} ({cell(detector.get('roc_auc_unprotected'))})"
+        realised = _mean(chnr or duch, lambda m: m.get("realised_noise_rate", 0.0)) or 0.0
+        common = sorted(set(duch or {}) & set(chnr or {}))
+        # Per seed, then mean +- sd, over the seeds both methods finished.
+        gaps = [seeded_runs.cell([chnr[s]["map@20"][t] - duch[s]["map@20"][t] for s in common]) for t in TASKS]
+        if _mean(chnr, lambda m: m["detector"]["roc_auc"]) is not None:
+            auc_cell = (f"{spread(chnr, lambda m: m['detector']['roc_auc'])} "
+                        f"({spread(chnr, lambda m: m['detector'].get('roc_auc_unprotected'))})")
         else:
-            auc = "n/a (no corrupted pairs)" if detector else "-"
+            auc_cell = "n/a (no corrupted pairs)" if chnr else "-"
         lines.append(
-            f"| {p:g} | {realised:.3f} | {cell(maps['duch'].get('i2t'))} | {cell(maps['duch'].get('t2i'))} "
-            f"| {cell(maps['chnr'].get('i2t'))} | {cell(maps['chnr'].get('t2i'))} | {cell(gaps[0], 3)} "
-            f"| {cell(gaps[1], 3)} | {auc} | {cell(detector.get('threshold'))} "
-            f"| {cell((duch or {}).get('train_seconds'), 0)} | {cell((chnr or {}).get('train_seconds'), 0)} |")
+            f"| {p:g} | {realised:.3f} | {spread(duch, lambda m: m['map@20']['i2t'])} "
+            f"| {spread(duch, lambda m: m['map@20']['t2i'])} | {spread(chnr, lambda m: m['map@20']['i2t'])} "
+            f"| {spread(chnr, lambda m: m['map@20']['t2i'])} | {gaps[0]} | {gaps[1]} | {auc_cell} "
+            f"| {cell(_mean(chnr, lambda m: m['detector']['threshold']))} "
+            f"| {cell(_mean(duch, lambda m: m['train_seconds']), 0)} "
+            f"| {cell(_mean(chnr, lambda m: m['train_seconds']), 0)} |")
+    return "\n".join(lines)
+
+
+def per_seed_table(rates: list[float], results: dict) -> str:
+    lines = ["| p | method | seed | I->T | T->I | I->T continuous | T->I continuous | detector ROC-AUC |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def fmt(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    for p in rates:
+        for method in FLAGS.methods:
+            for seed, m in sorted((results.get((method, p)) or {}).items()):
+                cont = m.get("map@20_continuous", {})
+                lines.append(f"| {p:g} | {LABELS[method]} | {seed} | {fmt(m['map@20']['i2t'])} "
+                             f"| {fmt(m['map@20']['t2i'])} | {fmt(cont.get('i2t'))} | {fmt(cont.get('t2i'))} "
+                             f"| {fmt((m.get('detector') or {}).get('roc_auc'))} |")
     return "\n".join(lines)
 
 
 def done_when_checks(rates: list[float], results: dict) -> list[str]:
-    """The targets at the highest noise rate: CHNR >= DUCH + 0.05 and >= 0.9 x CHNR at
-    p = 0 in both directions; detector ROC-AUC >= 0.9."""
+    """The targets at the highest noise rate, on the means over the seeds: CHNR >= DUCH
+    + 0.05 and >= 0.9 x CHNR at p = 0 in both directions; detector ROC-AUC >= 0.9."""
     high = max(rates)
     duch, chnr, clean = results.get(("duch", high)), results.get(("chnr", high)), results.get(("chnr", 0.0))
     checks = []
     for task in TASKS:
+        def value(runs, t=task):
+            return _mean(runs, lambda m: m["map@20"][t])
+
         if duch and chnr:
-            gap = chnr["map@20"][task] - duch["map@20"][task]
+            gap = value(chnr) - value(duch)
             checks.append(f"- p={high:g} {task}: CHNR - DUCH = {gap:+.3f} (target >= +0.05): "
                           f"{'PASS' if gap >= 0.05 else 'FAIL'}")
         if chnr and clean:
-            ratio = chnr["map@20"][task] / clean["map@20"][task]
+            ratio = value(chnr) / value(clean)
             checks.append(f"- p={high:g} {task}: CHNR / CHNR(p=0) = {ratio:.3f} (target >= 0.90): "
                           f"{'PASS' if ratio >= 0.9 else 'FAIL'}")
-    auc = (chnr or {}).get("detector", {}).get("roc_auc")
+    auc = _mean(chnr, lambda m: m["detector"]["roc_auc"])
     if auc is not None:
         checks.append(f"- p={high:g} detector ROC-AUC on the noisy training pairs = {auc:.3f} (target >= 0.90): "
                       f"{'PASS' if auc >= 0.9 else 'FAIL'}")
@@ -190,8 +209,10 @@ def plot_map_vs_noise(rates: list[float], results: dict, path: str) -> str:
         for method in FLAGS.methods:
             xs = [p for p in rates if (method, p) in results]
             if xs:
-                ax.plot(xs, [results[(method, p)]["map@20"][task] for p in xs], marker="o", color=colors[method],
-                        label=f"{LABELS[method]} (ours)")
+                means = [seeded_runs.mean_sd(seeded_runs.collect(results[(method, p)], lambda m: m["map@20"][task]))
+                         for p in xs]
+                ax.errorbar(xs, [m for m, _ in means], yerr=[sd for _, sd in means], marker="o", capsize=3,
+                            color=colors[method], label=f"{LABELS[method]} (ours, mean +- sd)")
             ax.plot(PUBLISHED_P, PUBLISHED[method][task], linestyle="--", marker="x", alpha=0.7,
                     color=colors[method], label=f"{LABELS[method]} published (RSICD)")
         ax.set_title(plots.TASK_NAMES[task])
@@ -216,14 +237,19 @@ def main(argv):
     results = {}
     for p in rates:
         for method in FLAGS.methods:
-            workdir = os.path.join(FLAGS.out, run_name(method, p))
-            config = run_config(base, method, p, workdir)
-            if method == "duch" and p == 0 and FLAGS.duch_clean_run:
-                results[(method, p)] = reuse_clean_duch(config, FLAGS.duch_clean_run)
-            elif FLAGS.report_only and not os.path.exists(os.path.join(workdir, "metrics.json")):
-                print(f"--- {os.path.basename(workdir)}: not finished, left out (--report_only)", flush=True)
-            else:
-                results[(method, p)] = train_or_reuse(config, workdir)
+            runs = {}
+            for seed in seeded_runs.seeds(FLAGS.seeds):
+                workdir = os.path.join(FLAGS.out, run_name(method, p), f"seed{seed}")
+                config = config_lib.apply_overrides(run_config(base, method, p, workdir),
+                                                    seeded_runs.seed_overrides(seed))
+                if method == "duch" and p == 0 and FLAGS.duch_clean_run:
+                    runs[seed] = reuse_clean_duch(config, os.path.join(FLAGS.duch_clean_run, f"seed{seed}"))
+                elif FLAGS.report_only and not os.path.exists(os.path.join(workdir, "metrics.json")):
+                    print(f"--- {workdir}: not finished, left out (--report_only)", flush=True)
+                else:
+                    runs[seed] = seeded_runs.train_or_reuse(config, FLAGS.preset)
+            if runs:
+                results[(method, p)] = runs
 
     table = results_table(rates, results)
     checks = done_when_checks(rates, results)
@@ -232,7 +258,8 @@ def main(argv):
         f.write(f"mAP@20 (authors' definition), {FLAGS.bits} bits, papers' protocol; "
                 f"clean_fraction {FLAGS.clean_fraction:g} never corrupted; CHNR weighting "
                 f"{FLAGS.noise_weighting}, loss set {FLAGS.chnr_loss}\n\n")
-        f.write(table + "\n\nDone-when checks:\n\n" + "\n".join(checks) + "\n")
+        f.write(table + "\n\nDone-when checks (means over the seeds):\n\n" + "\n".join(checks)
+                + "\n\nPer seed:\n\n" + per_seed_table(rates, results) + "\n")
     print(table)
     print("\n".join(checks))
     plot_map_vs_noise(rates, results, os.path.join(FLAGS.out, "map_vs_noise.png"))

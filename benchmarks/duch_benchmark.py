@@ -1,106 +1,228 @@
-r"""DUCH on RSICD-AID at 16, 32, 64 and 128 bits, both variants, and the caption options.
+r"""DUCH on RSICD-AID over several seeds: the papers' settings, the default, the
+authors' released code on the same features and splits, and the choice of the default on
+a validation split.
 
+    # choose: every candidate on the validation split (20% of the training images)
     python -m benchmarks.duch_benchmark --data_dir=../shared/data/rsicd \
-        --features=/path/to/rsicd_store --out=runs/duch_benchmark [--epochs=100]
+        --features=feats/rsicd --out=runs/duch_benchmark --validation --seeds=2
 
-Each run is an ordinary `train.train` run folder under --out (finished runs are reused,
-so a killed benchmark resumes). Writes `results.md` (mAP@20, authors' definition, and
-training wall time) and `map_vs_bits.png` with the published DUCH RSICD row drawn for
-reference (other features and the full RSICD: a reference, not a like-for-like figure).
+    # report: the papers' settings, the default and the authors' code on the test split
+    python -m benchmarks.duch_benchmark --data_dir=../shared/data/rsicd \
+        --features=feats/rsicd --out=runs/duch_benchmark --seeds=3 \
+        --runs=as_intended,as_coded,default,authors
 
-The `all_pairs` run makes every one of the five captions of a training image its own
-pair, so one of its epochs is five epochs of the others: it trains --all_pairs_epochs
-(default --epochs / 5), the same number of gradient steps as the one-caption runs.
+Seed s gives the split, the caption draw, the initialisation and the batch order
+(`benchmarks.seeded_runs`); the authors' code gets the same s, hence the same split and
+captions. Each run is `rs-hashing train` in its own process (`<out>/<test|validation>/
+<run>_<bits>/seed<s>/`, reused when finished, so a killed benchmark resumes). Writes
+`<out>/results.md` (or `validation.md`): mAP@20 (authors' definition) of the codes and of
+the heads' continuous outputs (the binarisation gap) as mean +- sd over the seeds, then the
+per-seed values and the speed lines: each run's floating-point work, the GFLOP/s it
+achieved against this CPU's fp32 matmul rate measured in the same process, wall time,
+CPU time and peak memory, beside the authors' code's.
 """
+
+from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 
-import keras
-import tensorflow as tf
 from absl import app, flags
 
+from benchmarks import seeded_runs
 from rs_hashing import config as config_lib
-from rs_hashing import plots
-from rs_hashing.training import trainer
 
 flags.DEFINE_string("data_dir", None, "RSICD-AID folder.", required=True)
 flags.DEFINE_string("features", None, "Feature store of RSICD-AID.", required=True)
 flags.DEFINE_string("out", "runs/duch_benchmark", "Folder for the runs and the results.")
+flags.DEFINE_string("preset", "rsicd", "Base configuration.")
+flags.DEFINE_integer("seeds", 3, "Number of seeds (42, 43, ...).")
 flags.DEFINE_integer("epochs", 100, "Epochs per run (the papers': 100).")
-flags.DEFINE_list("bits", ["16", "32", "64", "128"], "Code lengths.")
-flags.DEFINE_integer("all_pairs_epochs", None,
-                     "Epochs of the all_pairs run (default --epochs / 5: the same number of steps).")
-flags.DEFINE_list("runs", ["bits", "as_coded", "random", "all_pairs"],
-                  "Which groups to run: bits (as_intended at every length), as_coded (every "
-                  "length), random and all_pairs (caption options at 64 bits), tuned "
-                  "(temperature 0.5 + random captions at 64 bits).")
+flags.DEFINE_list("bits", ["64"], "Code lengths.")
+flags.DEFINE_list("runs", ["as_intended", "as_coded", "default", "authors"],
+                  "Runs: the named settings of RUNS, `default` (the preset as it is) and `authors` (the "
+                  "authors' released code, where --authors_python has torch).")
+flags.DEFINE_bool("validation", False, "Train on the training images less a validation split and report "
+                  "validation mAP (for choosing settings): runs --runs, or every candidate when --runs is "
+                  "left at its default.")
+flags.DEFINE_string("authors_python", sys.executable, "Python with torch and h5py for the authors' code.")
 FLAGS = flags.FLAGS
 
-# DUCH, RSICD, mAP@20 at 16/32/64/128 bits (METHOD.md; other features, full RSICD).
-PUBLISHED = {"i2t": [0.684, 0.791, 0.836, 0.829], "t2i": [0.697, 0.780, 0.824, 0.826]}
-PUBLISHED_BITS = [16, 32, 64, 128]
+# The papers' settings, spelt out so that changing a default does not move these rows.
+PAPERS = {"temperature": 1.0, "caption_mode": "one", "variant": "as_intended", "target_codes": "training"}
+RUNS = {
+    "as_intended": dict(PAPERS),
+    "as_coded": dict(PAPERS, variant="as_coded"),
+    # Candidates for the default, compared on the validation split.
+    "as_intended_t0.5_random": dict(PAPERS, temperature=0.5, caption_mode="random"),
+    "as_coded_t0.5_random": dict(PAPERS, variant="as_coded", temperature=0.5, caption_mode="random"),
+    "as_coded_t0.5": dict(PAPERS, variant="as_coded", temperature=0.5),
+    "as_coded_t0.3_random": dict(PAPERS, variant="as_coded", temperature=0.3, caption_mode="random"),
+    "as_intended_inference_targets": dict(PAPERS, target_codes="inference"),
+}
+CANDIDATES = ["as_intended", "as_coded", "as_intended_t0.5_random", "as_coded_t0.5_random", "as_coded_t0.5",
+              "as_coded_t0.3_random"]
+AUTHORS = "authors"
+TASKS = ("i2t", "t2i", "i2i", "t2t")
 
 
-def run_specs():
-    bits = [int(b) for b in FLAGS.bits]
-    specs = []
-    if "bits" in FLAGS.runs:
-        specs += [(f"as_intended_{b}", {"bits": b}) for b in bits]
-    if "as_coded" in FLAGS.runs:
-        specs += [(f"as_coded_{b}", {"bits": b, "variant": "as_coded"}) for b in bits]
-    if "random" in FLAGS.runs:
-        specs.append(("random_captions_64", {"bits": 64, "caption_mode": "random"}))
-    if "all_pairs" in FLAGS.runs:  # Five pairs per image: an epoch is five epochs of steps.
-        epochs = FLAGS.all_pairs_epochs or max(1, FLAGS.epochs // 5)
-        specs.append(("all_pairs_captions_64", {"bits": 64, "caption_mode": "all_pairs", "epochs": epochs}))
-    if "tuned" in FLAGS.runs:  # Beyond the papers: a sharper NT-Xent and a fresh caption per epoch.
-        specs.append(("tuned_t0.5_random_64", {"bits": 64, "temperature": 0.5, "caption_mode": "random"}))
-    return specs
+def run_overrides(name: str) -> dict:
+    if name == "default":
+        return {}
+    if name not in RUNS:
+        raise app.UsageError(f"--runs: unknown run {name!r}; choose from default, {AUTHORS}, {', '.join(RUNS)}")
+    return RUNS[name]
+
+
+def matmul_gflops(rows: int, inner: int, outer: int, seconds: float = 3.0) -> float:
+    """This CPU's fp32 matmul rate on the heads' first-layer shape, measured now (GFLOP/s)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    a, b = tf.random.normal([rows, inner]), tf.random.normal([inner, outer])
+    step = tf.function(lambda a, b: tf.matmul(a, b))
+    step(a, b).numpy()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step(a, b).numpy()
+        count += 1
+    return 2.0 * rows * inner * outer * count / (time.perf_counter() - started) / 1e9
+
+
+def training_flops(store_dims: tuple[int, int], config: config_lib.Config, pairs_per_epoch: int) -> float:
+    """Matmul work of a DUCH run: 4 view passes (2 image, 2 text) of Dense(hidden) ->
+    Dense(bits) per pair, forward plus backward counted as 3x forward, every epoch."""
+    image_dim, text_dim = store_dims
+    hidden, bits = config.model.hidden_dim, config.model.bits
+    forward = 2 * 2 * (image_dim * hidden + hidden * bits) + 2 * 2 * (text_dim * hidden + hidden * bits)
+    return 3.0 * forward * pairs_per_epoch * config.train.epochs
+
+
+def store_dims(features: str) -> tuple[int, int]:
+    with open(os.path.join(features, "manifest.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    return int(manifest["image_dim"]), int(manifest["text_dim"])
+
+
+def has_torch(python: str) -> bool:
+    return subprocess.run([python, "-c", "import torch, h5py"], capture_output=True, check=False).returncode == 0
+
+
+def authors_runs(seeds: list[int], bits: int, part: str) -> dict[int, dict]:
+    """The authors' code per seed ({} where torch is missing), as metrics-like dicts."""
+    if part != "test":
+        return {}
+    if not has_torch(FLAGS.authors_python):
+        print(f"--- {AUTHORS}: {FLAGS.authors_python} cannot import torch and h5py; left out", flush=True)
+        return {}
+    from benchmarks import authors_duch  # pylint: disable=import-outside-toplevel
+
+    runs = {}
+    for seed in seeds:
+        out = os.path.join(FLAGS.out, part, f"{AUTHORS}_{bits}", f"seed{seed}")
+        result = authors_duch.run_authors_duch(FLAGS.data_dir, FLAGS.features, seed, bits, FLAGS.epochs, out,
+                                               python=FLAGS.authors_python)
+        runs[seed] = {"map@20": {"i2t": result["i2t"], "t2i": result["t2i"]},
+                      "process": {k: result.get(k) for k in ("wall_s", "cpu_s", "peak_rss_mb")}}
+    return runs
+
+
+def summary_table(results: dict[str, dict[int, dict]], how: dict[str, str]) -> str:
+    lines = ["| run | how its settings were chosen | seeds | I->T | T->I | I->I | T->T | I->T continuous "
+             "| T->I continuous | wall s | peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, runs in results.items():
+        maps = [seeded_runs.cell(seeded_runs.collect(runs, lambda m, t=t: m["map@20"][t])) for t in TASKS]
+        cont = [seeded_runs.cell(seeded_runs.collect(runs, lambda m, t=t: m["map@20_continuous"][t]))
+                for t in ("i2t", "t2i")]
+        wall = seeded_runs.cell(seeded_runs.collect(runs, lambda m: m["process"]["wall_s"]), 0)
+        peak = seeded_runs.cell(seeded_runs.collect(runs, lambda m: m["process"]["peak_rss_mb"]), 0)
+        lines.append(f"| {name} | {how.get(name, '')} | {len(runs)} | {' | '.join(maps)} | {' | '.join(cont)} "
+                     f"| {wall} | {peak} |")
+    return "\n".join(lines)
+
+
+def per_seed_table(results: dict[str, dict[int, dict]]) -> str:
+    lines = ["| run | seed | I->T | T->I | I->T continuous | T->I continuous | wall s | CPU s | peak MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, runs in results.items():
+        for seed, m in sorted(runs.items()):
+            cont = m.get("map@20_continuous", {})
+            p = m.get("process", {})
+            fmt = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+            lines.append(f"| {name} | {seed} | {fmt(m['map@20']['i2t'])} | {fmt(m['map@20']['t2i'])} "
+                         f"| {fmt(cont.get('i2t'))} | {fmt(cont.get('t2i'))} | {fmt(p.get('wall_s'), 0)} "
+                         f"| {fmt(p.get('cpu_s'), 0)} | {fmt(p.get('peak_rss_mb'), 0)} |")
+    return "\n".join(lines)
+
+
+def speed_lines(results: dict[str, dict[int, dict]], flops: dict[str, float], peak: float) -> list[str]:
+    lines = [f"This CPU's fp32 matmul rate on the heads' first-layer shape, measured in this run: {peak:.1f} GFLOP/s "
+             f"({os.cpu_count()} cores)."]
+    authors_wall = seeded_runs.collect(results.get(AUTHORS, {}), lambda m: m["process"]["wall_s"])
+    for name, runs in results.items():
+        walls = seeded_runs.collect(runs, lambda m: m["process"]["wall_s"])
+        if not walls:
+            continue
+        mean_wall, _ = seeded_runs.mean_sd(walls)
+        line = f"- {name}: wall {seeded_runs.cell(walls, 0)} s"
+        cpu = seeded_runs.collect(runs, lambda m: m["process"]["cpu_s"])
+        peak_mb = seeded_runs.collect(runs, lambda m: m["process"]["peak_rss_mb"])
+        line += f", CPU {seeded_runs.cell(cpu, 0)} s, peak {seeded_runs.cell(peak_mb, 0)} MB"
+        if name in flops:
+            train_s = seeded_runs.collect(runs, lambda m: m["train_seconds"])
+            mean_train = seeded_runs.mean_sd(train_s)[0] if train_s else mean_wall
+            line += (f", {flops[name] / 1e12:.1f} TFLOP of matmuls, {flops[name] / mean_train / 1e9:.1f} GFLOP/s "
+                     f"over its training seconds ({100 * flops[name] / mean_train / 1e9 / peak:.0f}% of the measured "
+                     "rate)")
+        if authors_wall and name != AUTHORS:
+            line += f"; {mean_wall / seeded_runs.mean_sd(authors_wall)[0]:.2f}x the authors' wall time"
+        lines.append(line)
+    return lines
 
 
 def main(argv):
     del argv
-    base = config_lib.apply_overrides(config_lib.get_preset("rsicd"), {
+    part = "validation" if FLAGS.validation else "test"
+    names = list(FLAGS.runs)
+    if FLAGS.validation and names == flags.FLAGS["runs"].default:
+        names = CANDIDATES
+    seeds = seeded_runs.seeds(FLAGS.seeds)
+    base = config_lib.apply_overrides(config_lib.get_preset(FLAGS.preset), {
         "data_dir": FLAGS.data_dir, "features": FLAGS.features, "epochs": FLAGS.epochs})
-    results = {}
-    for name, overrides in run_specs():
-        workdir = os.path.join(FLAGS.out, name)
-        metrics_path = os.path.join(workdir, "metrics.json")
-        if not os.path.exists(metrics_path):
-            config = config_lib.apply_overrides(base, dict(overrides, run_dir=workdir))
-            keras.utils.set_random_seed(config.train.seed)
-            tf.config.experimental.enable_op_determinism()
-            print(f"=== {name}", flush=True)
-            trainer.train(config, verbose=0)
-        with open(metrics_path, encoding="utf-8") as f:
-            results[name] = json.load(f)
-
-    lines = ["| run | bits | epochs | I->T | T->I | I->I | T->T | I->T trunc. | T->I trunc. | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        m, t = r["map@20"], r["map@20_truncated"]
-        bits = name.rsplit("_", 1)[1]
-        lines.append(f"| {name.rsplit('_', 1)[0]} | {bits} | {r['epochs']} | {m['i2t']:.3f} | {m['t2i']:.3f} | {m['i2i']:.3f} | "
-                     f"{m['t2t']:.3f} | {t['i2t']:.3f} | {t['t2i']:.3f} | {r['train_seconds']:.0f} |")
-    table = "\n".join(lines)
+    dims = store_dims(FLAGS.features)
+    peak = matmul_gflops(base.train.batch_size, dims[0], base.model.hidden_dim)
+    results, flops, how = {}, {}, {}
+    for bits in (int(b) for b in FLAGS.bits):
+        for name in names:
+            label = f"{name}_{bits}"
+            if name == AUTHORS:
+                results[label] = authors_runs(seeds, bits, part)
+                how[label] = "the authors' released code and settings, same features, splits and captions"
+                continue
+            runs = {}
+            for seed in seeds:
+                run_dir = os.path.join(FLAGS.out, part, label, f"seed{seed}")
+                config = config_lib.apply_overrides(base, {
+                    **run_overrides(name), **seeded_runs.seed_overrides(seed, FLAGS.validation),
+                    "bits": bits, "run_dir": run_dir})
+                runs[seed] = seeded_runs.train_or_reuse(config, FLAGS.preset)
+                flops[label] = training_flops(dims, config, runs[seed].get("sizes", {}).get("train", 5000))
+            results[label] = runs
+            how[label] = ("the papers' settings" if name in ("as_intended", "as_coded")
+                          else "the default, chosen on the validation split" if name == "default"
+                          else "a candidate")
+    text = [f"DUCH, RSICD-AID, mAP@20 (authors' definition) on the {part} split, mean +- sd over seeds "
+            f"{', '.join(map(str, seeds))}; continuous = ranking by the cosine of the heads' outputs before the "
+            "sign.", "", summary_table(results, how), "", "Per seed:", "", per_seed_table(results), "",
+            "Speed (each run in its own process, back to back on this machine):", "",
+            *speed_lines(results, flops, peak)]
     os.makedirs(FLAGS.out, exist_ok=True)
-    with open(os.path.join(FLAGS.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write("mAP@20 (authors' definition unless marked truncated), RSICD-AID, papers' protocol\n\n")
-        f.write(table + "\n")
-    print(table)
-
-    bits = [int(b) for b in FLAGS.bits]
-    series = {}
-    for variant in ("as_intended", "as_coded"):
-        for task in ("i2t", "t2i"):
-            values = [results.get(f"{variant}_{b}", {}).get("map@20", {}).get(task) for b in bits]
-            if all(v is not None for v in values):
-                series[f"{variant} {task}"] = values
-    if series and bits == PUBLISHED_BITS:
-        plots.plot_sweep(bits, series, os.path.join(FLAGS.out, "map_vs_bits.png"), xlabel="bits",
-                         title="DUCH on RSICD-AID",
-                         reference={f"published DUCH RSICD {t}": v for t, v in PUBLISHED.items()})
+    path = os.path.join(FLAGS.out, "validation.md" if FLAGS.validation else "results.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(text) + "\n")
+    print("\n".join(text))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_tr
         bit_balance_weight=m.bit_balance_weight, temperature=m.temperature, gp_weight=m.gp_weight,
         # Coupled L2 of the authors' batch-sum loss at batch 256, on our mean loss (1/512).
         hash_l2=config.train.weight_decay / 512, variant=m.variant, target_codes=config.train.target_codes,
+        # The released code's weighted sum (CHNR) is sum(w l) / N on our mean scale.
+        pair_weight_norm="count" if m.variant == "as_coded" else "weights",
         seed=config.train.seed)
     unknown = set(overrides) - set(arguments) - {"use_adversarial", "discriminator_l2"}
     if unknown:
@@ -140,7 +142,8 @@ def compile_model(model: CrossModalHashingModel, config: config_lib.Config) -> N
     model.compile(
         # epsilon 1e-8 as torch's Adam, which the papers used.
         hash_optimizer=keras.optimizers.Adam(learning_rate=config.train.learning_rate, epsilon=1e-8),
-        discriminator_optimizer=keras.optimizers.Adam(learning_rate=1e-4, beta_1=0.5, beta_2=0.9, epsilon=1e-8))
+        discriminator_optimizer=keras.optimizers.Adam(learning_rate=1e-4, beta_1=0.5, beta_2=0.9, epsilon=1e-8),
+        jit_compile=config.train.jit_compile)
 
 
 def read_history(path: str) -> dict[str, list[float]]:

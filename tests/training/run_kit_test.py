@@ -23,6 +23,8 @@ def test_build_model_takes_the_config_and_refuses_unknown_overrides():
     assert (model.bits, model.hidden_dim, model.num_train) == (8, 16, 20)
     assert (model.target_codes, model.variant, model.use_adversarial) == ("inference", "as_coded", False)
     assert model.hash_l2 == pytest.approx(config.train.weight_decay / 512)
+    assert model.pair_weight_norm == "count"  # the released code's weighted sum
+    assert run_kit.build_model(testing.tiny_config(), 12, 10, 20).pair_weight_norm == "weights"
     with pytest.raises(ValueError, match=r"unknown model argument\(s\) \['bitz'\]"):
         run_kit.build_model(config, 12, 10, 20, bitz=4)
 
@@ -53,3 +55,11 @@ def test_read_history_skips_missing_values(tmp_path):
     path.write_text("epoch,loss,detector\n0,1.5,NA\n1,1.25,0.5\n")
     assert run_kit.read_history(str(path)) == {"loss": [1.5, 1.25], "detector": [0.5]}
     assert run_kit.read_history(str(tmp_path / "none.csv")) == {}
+
+
+def test_compile_model_takes_jit_compile_from_the_config():
+    for jit in (False, True):
+        config = testing.tiny_config(jit_compile=jit)
+        model = run_kit.build_model(config, 12, 10, 20)
+        run_kit.compile_model(model, config)
+        assert model.jit_compile is jit

@@ -1,0 +1,123 @@
+"""One configuration trained over several seeds, each run in its own process, reported
+as mean +- standard deviation.
+
+Seed s changes everything the protocol draws at random: the train / query / database
+split (`split_seed`), the caption picked per image (`caption_seed`), the caption noise
+(`noise_seed`), the initialisation and batch order (`train.seed`), and, for a
+validation run, the validation split carved from the training images (`val_seed`).
+The authors' code draws its split and captions from one seed the same way
+(`benchmarks.authors_duch`), so the same s gives both codes the same split.
+
+Each run is `python -m rs_hashing train` in a child process with the config's fields as
+flags; wall time, CPU time and peak memory (`ru_maxrss`) of that child are written to
+`process.json` beside the run's `metrics.json`. Finished runs are reused, so a killed
+benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+from rs_hashing import config as config_lib
+from rs_hashing.atomic_files import write_json_atomic
+
+FIRST_SEED = 42
+VALIDATION_FRACTION = 0.2
+PROCESS_FILE = "process.json"
+
+
+def seeds(count: int, first: int = FIRST_SEED) -> list[int]:
+    """`count` consecutive seeds from `first` (42: the papers' split is the first)."""
+    if count < 1:
+        raise ValueError(f"--seeds={count}: give at least one seed")
+    return list(range(first, first + count))
+
+
+def seed_overrides(seed: int, validation: bool = False) -> dict[str, Any]:
+    """Config overrides of one seed (module docstring); `validation` adds the
+    validation split (20% of the training images, drawn with the same seed)."""
+    overrides = {"split_seed": seed, "caption_seed": seed, "noise_seed": seed, "train.seed": seed}
+    if validation:
+        overrides.update(val_fraction=VALIDATION_FRACTION, val_seed=seed)
+    return overrides
+
+
+def config_flags(config: config_lib.Config, base: config_lib.Config) -> list[str]:
+    """`--field=value` for every field where `config` differs from `base`."""
+    flags, new, old = [], config_lib.to_dict(config), config_lib.to_dict(base)
+    for section, fields in new.items():
+        for name, value in fields.items():
+            if value == old[section][name] or value is None:
+                continue
+            if isinstance(value, bool):
+                flags.append(f"--{name}" if value else f"--no{name}")
+            elif isinstance(value, (tuple, list)):
+                flags.append(f"--{name}=" + ",".join(str(v) for v in value))
+            else:
+                flags.append(f"--{name}={value}")
+    return flags
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def train_or_reuse(config: config_lib.Config, preset: str, python: str = sys.executable) -> dict:
+    """metrics.json of the run `config` describes (its `train.run_dir`), trained first
+    in a child process unless finished; the child's figures are added under "process"."""
+    run_dir = config.train.run_dir
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    process_path = os.path.join(run_dir, PROCESS_FILE)
+    if not os.path.exists(metrics_path):
+        os.makedirs(run_dir, exist_ok=True)
+        command = [python, "-m", "rs_hashing", "train", f"--preset={preset}", "--verbosity=-1",
+                   *config_flags(config, config_lib.get_preset(preset))]
+        print(f"=== {run_dir}", flush=True)
+        started = time.perf_counter()
+        with open(os.path.join(run_dir, "train.log"), "a", encoding="utf-8") as log:
+            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}); see {run_dir}/train.log")
+        write_json_atomic(process_path, {
+            "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "command": command})
+    metrics = _read_json(metrics_path)
+    metrics["process"] = _read_json(process_path) if os.path.exists(process_path) else {}
+    return metrics
+
+
+def mean_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def cell(values: list[float], digits: int = 3) -> str:
+    """`mean +- sd` of a row's per-seed values ("-" when none)."""
+    if not values:
+        return "-"
+    mean, sd = mean_sd(values)
+    return f"{mean:.{digits}f} +- {sd:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def collect(runs: dict[int, dict], getter: Callable[[dict], float | None]) -> list[float]:
+    """The values `getter` finds in each seed's metrics (missing ones left out)."""
+    values = []
+    for metrics in runs.values():
+        try:
+            value = getter(metrics)
+        except (KeyError, TypeError):
+            value = None
+        if value is not None:
+            values.append(float(value))
+    return values

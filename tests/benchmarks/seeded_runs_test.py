@@ -1,0 +1,53 @@
+"""benchmarks.seeded_runs: a config's flags rebuild it in a child process, and a finished
+run is reused."""
+
+import os
+
+import pytest
+
+from benchmarks import seeded_runs
+from rs_hashing import config as config_lib
+from tests.training import tiny_store
+
+
+def test_seeds_and_overrides():
+    assert seeded_runs.seeds(3) == [42, 43, 44]
+    with pytest.raises(ValueError, match="at least one seed"):
+        seeded_runs.seeds(0)
+    config = config_lib.apply_overrides(config_lib.get_preset("rsicd"), seeded_runs.seed_overrides(7, True))
+    assert (config.data.split_seed, config.data.caption_seed, config.data.noise_seed, config.train.seed,
+            config.data.val_seed, config.data.val_fraction) == (7, 7, 7, 7, 7, 0.2)
+
+
+def test_mean_sd_and_cells():
+    assert seeded_runs.mean_sd([0.8, 0.9, 1.0]) == pytest.approx((0.9, 0.1))
+    assert seeded_runs.cell([0.8, 0.9, 1.0]) == "0.900 +- 0.100"
+    assert seeded_runs.cell([0.85]) == "0.850"
+    assert seeded_runs.cell([]) == "-"
+    runs = {1: {"map@20": {"i2t": 0.5}}, 2: {"map@20": {}}, 3: {"map@20": {"i2t": 0.7}}}
+    assert seeded_runs.collect(runs, lambda m: m["map@20"]["i2t"]) == [0.5, 0.7]
+
+
+def test_flags_name_only_the_differences():
+    base = config_lib.get_preset("rsicd")
+    config = config_lib.apply_overrides(base, {"temperature": 0.5, "lr_decay_epochs": (1, 51, 101),
+                                               "jit_compile": True, "bits": 32})
+    assert sorted(seeded_runs.config_flags(config, base)) == [
+        "--bits=32", "--jit_compile", "--lr_decay_epochs=1,51,101", "--temperature=0.5"]
+
+
+def test_a_run_trains_in_a_child_process_with_the_same_config_and_is_reused(tmp_path):
+    data, features = tiny_store.make_store(tmp_path)
+    run_dir = str(tmp_path / "run")
+    config = config_lib.apply_overrides(
+        tiny_store.store_config(data, features, run_dir, epochs=2),
+        {**seeded_runs.seed_overrides(5), "temperature": 0.5, "caption_mode": "random"})
+    metrics = seeded_runs.train_or_reuse(config, "smoke")
+    assert config_lib.load_config(run_dir) == config  # every field came through the flags
+    process = metrics["process"]
+    assert process["wall_s"] > 0 and process["cpu_s"] > 0 and process["peak_rss_mb"] > 50
+    assert 0 <= metrics["map@20"]["i2t"] <= 1
+    stamp = os.path.getmtime(os.path.join(run_dir, "process.json"))
+    again = seeded_runs.train_or_reuse(config, "smoke")  # finished: read, not trained
+    assert os.path.getmtime(os.path.join(run_dir, "process.json")) == stamp
+    assert again["map@20"] == metrics["map@20"]
