@@ -35,14 +35,16 @@ Steps (all under --out):
    printed (`Valid: mAP@20 ...`) is kept as `authors_printed`; it differs from ours
    only in how Hamming ties are ordered (their `calc_map_k` uses torch's unstable sort;
    with a stable sort it gives rs_hashing's numbers to float32 precision).
+   `map@20_continuous` ranks by the cosine of the heads' continuous outputs
+   (`metrics.map_at_k_by_similarity`, as rs_hashing's evaluation does).
 4. Their split (train / query / database image indices) and the caption their code
    fed for every image are compared with rs_hashing's protocol split,
    `ProtocolSplit.make(..., split_seed=SEED, caption_seed=SEED)` with the rsicd preset's
    fractions (what rs_hashing trains and tests on without a validation split):
    `split_matches`, `captions_match` (and `caption_mismatches` per part).
 5. `result.json`: seed, bits, epochs, i2t, t2i, authors_printed, wall_s, cpu_s,
-   peak_rss_mb, split_matches, captions_match, plus details (all four tasks and the
-   truncated mAP, seconds per epoch, their commit, threads, torch version). A finished
+   peak_rss_mb, split_matches, captions_match, plus details (all four tasks, the
+   truncated and the continuous mAP, seconds per epoch, their commit, threads, torch version). A finished
    `result.json` is reused (for the same seed / bits / epochs), so a killed benchmark
    resumes.
 
@@ -67,14 +69,16 @@ result records it); every change is one of these:
   gamma, contrastive weights, the `default` preset) is theirs.
 * `logs/log.txt` (their own old training log, shipped in the repository) is deleted, so
   that the log their logger appends to holds this run only.
-* `rs_hashing_run.py` (a new file) imports their `main` and wraps four functions at
+* `rs_hashing_run.py` (a new file) imports their `main` and wraps five functions at
   run time before calling `main.main()`:
   - `dataset.datasets.select_idxs` records its results (the caption pick per image);
   - `main.get_dataloaders` writes `rs_hashing_split.npz` (their train / query /
     database image indices and each image's caption pick 0..4) after their split;
   - `ControllerDUCH.get_codes_labels_indexes` writes `rs_hashing_codes.npz` (the
     query / database image and text codes, labels and image indices it returns to
-    their `eval`);
+    their `eval`, and the hash heads' continuous outputs they are the signs of);
+  - `DUCH.generate_img_code` / `generate_txt_code` record those continuous outputs
+    (returned unchanged);
   - `torch.cuda.device` becomes a no-op for a CPU device when CUDA is absent: their
     `save_hash_codes` (called by `eval`) enters `torch.cuda.device(self.device)`, which
     torch refuses for "cpu" (ValueError), so their code cannot finish on a CPU as is.
@@ -125,7 +129,7 @@ RUNNER = "rs_hashing_run.py"
 PARTS = ("train", "query", "database")
 
 RUNNER_SOURCE = '''\
-"""Runs the DUCH authors' main.main() with four run-time wraps; written by
+"""Runs the DUCH authors' main.main() with five run-time wraps; written by
 rs_hashing's benchmarks/authors_duch.py (its docstring lists them). Run in this folder
 with main.py's arguments."""
 
@@ -137,6 +141,7 @@ import torch
 import main  # parses the command line (configs.config) and imports their modules
 import dataset.datasets
 from controller_DUCH import ControllerDUCH
+from models.DUCH import DUCH
 
 _SELECTIONS = []
 _select_idxs = dataset.datasets.select_idxs
@@ -174,16 +179,46 @@ def _get_dataloaders_and_dump_split(*args):
     return dataloaders
 
 
+_OUTPUTS = {"image": [], "text": []}
+_generate_img_code = DUCH.generate_img_code
+_generate_txt_code = DUCH.generate_txt_code
+
+
+def _recording_generate_img_code(self, i):
+    out = _generate_img_code(self, i)
+    _OUTPUTS["image"].append(out.detach().cpu().numpy())
+    return out
+
+
+def _recording_generate_txt_code(self, t):
+    out = _generate_txt_code(self, t)
+    _OUTPUTS["text"].append(out.detach().cpu().numpy())
+    return out
+
+
 _get_codes = ControllerDUCH.get_codes_labels_indexes
 
 
 def _get_codes_and_dump(self):
+    _OUTPUTS["image"].clear()
+    _OUTPUTS["text"].clear()
     out = _get_codes(self)
     qBX, qBY, rBX, rBY, qLX, qLY, rLX, rLY, (qIX, qIY, rIX, rIY) = out
     as_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    continuous = {}
+    for modality, query, database in (("image", qBX, rBX), ("text", qBY, rBY)):
+        values = np.concatenate(_OUTPUTS[modality])  # the query loader's batches, then the database's
+        if len(values) != len(query) + len(database):
+            raise RuntimeError(f"{len(values)} {modality} outputs for {len(query)} + {len(database)} codes")
+        continuous["query_" + modality] = values[:len(query)]
+        continuous["database_" + modality] = values[len(query):]
+        for key, codes in (("query_" + modality, query), ("database_" + modality, database)):
+            if not np.array_equal(np.sign(continuous[key]), as_np(codes)):
+                raise RuntimeError(f"the recorded {key} outputs are not the ones their codes are the signs of")
     np.savez("rs_hashing_codes.npz",
              query_image=as_np(qBX), query_text=as_np(qBY),
              database_image=as_np(rBX), database_text=as_np(rBY),
+             **{key + "_continuous": value for key, value in continuous.items()},
              query_labels=as_np(qLX).argmax(1), database_labels=as_np(rLX).argmax(1),
              query_text_labels=as_np(qLY).argmax(1), database_text_labels=as_np(rLY).argmax(1),
              query_images=as_np(qIX), database_images=as_np(rIX))
@@ -201,6 +236,8 @@ if not torch.cuda.is_available():
     torch.cuda.device = _device_or_nothing
 
 dataset.datasets.select_idxs = _recording_select_idxs
+DUCH.generate_img_code = _recording_generate_img_code
+DUCH.generate_txt_code = _recording_generate_txt_code
 main.get_dataloaders = _get_dataloaders_and_dump_split
 ControllerDUCH.get_codes_labels_indexes = _get_codes_and_dump
 
@@ -437,7 +474,11 @@ def score_codes(codes: dict[str, np.ndarray], split: dict[str, np.ndarray], labe
                                    protocol="duch")
             for task, (q, d) in metrics.TASKS.items()}
     full = metrics.evaluate_retrieval(signed, {"query": query_labels, "database": database_labels}, k=MAP_K)
-    return {"maps": maps, f"map@{MAP_K}_truncated": full[f"map@{MAP_K}_truncated"], "zero_code_values": zeros,
+    continuous = {task: metrics.map_at_k_by_similarity(codes[f"query_{q}_continuous"],
+                                                       codes[f"database_{d}_continuous"], relevant, k=MAP_K)
+                  for task, (q, d) in metrics.TASKS.items()}
+    return {"maps": maps, f"map@{MAP_K}_truncated": full[f"map@{MAP_K}_truncated"],
+            f"map@{MAP_K}_continuous": continuous, "zero_code_values": zeros,
             "bits": int(signed["query_image"].shape[1])}
 
 
@@ -535,6 +576,7 @@ def run_authors_duch(data_dir: str, features: str, seed: int, bits: int, epochs:
         "split_matches": comparison["split_matches"], "captions_match": comparison["captions_match"],
         # Details.
         f"map@{MAP_K}": scores["maps"], f"map@{MAP_K}_truncated": scores[f"map@{MAP_K}_truncated"],
+        f"map@{MAP_K}_continuous": scores[f"map@{MAP_K}_continuous"],
         "caption_mismatches": comparison["caption_mismatches"],
         "zero_code_values": scores["zero_code_values"],
         "epoch_s": epoch_seconds, "epoch_s_mean": float(np.mean(epoch_seconds)),
