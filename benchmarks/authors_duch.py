@@ -22,12 +22,12 @@ Steps (all under --out):
    marks a finished export, which is reused.
 2. `code/`: a fresh copy of HEAD of their repository (file by file with git; a mirror
    that lacks their bundled caption JSONs under data/, which are not read here, is
-   fine: `authors_files_left_out` lists them), patched as listed
-   below, run as `python rs_hashing_run.py --dataset rsicd --preset default --bit BITS
-   --epochs EPOCHS --tag rs_hashing_seedSEED` in `code/` (their `main.py` flow) by the
-   --python interpreter, which needs torch and h5py. Output goes to
-   `authors_train.log`. Wall time, CPU time (user + system) and peak RSS of that child
-   come from `os.wait4`, i.e. the rusage of exactly that process.
+   fine: `authors_files_left_out` lists them), patched as listed below, run as
+   `python rs_hashing_run.py --dataset rsicd --preset default --bit BITS --epochs EPOCHS
+   --tag rs_hashing_seedSEED` in `code/` (their `main.py` flow) by the --python
+   interpreter, which needs torch and h5py. Output goes to `authors_train.log`. Wall
+   time, CPU time (user + system) and peak RSS of that child come from `os.wait4`, i.e.
+   the rusage of exactly that process.
 3. Their final query / database codes (dumped when their `eval` computes them, after
    the last epoch) are scored with rs_hashing's `metrics.map_at_k(protocol="duch")`,
    k = 20, relevant = same scene class, exactly as `rs_hashing.training.evaluation`
@@ -44,9 +44,9 @@ Steps (all under --out):
    `split_matches`, `captions_match` (and `caption_mismatches` per part).
 5. `result.json`: seed, bits, epochs, i2t, t2i, authors_printed, wall_s, cpu_s,
    peak_rss_mb, split_matches, captions_match, plus details (all four tasks, the
-   truncated and the continuous mAP, seconds per epoch, their commit, threads, torch version). A finished
-   `result.json` is reused (for the same seed / bits / epochs), so a killed benchmark
-   resumes.
+   truncated and the continuous mAP, seconds per epoch, their commit, threads, torch
+   version). A finished `result.json` is reused (for the same seed / bits / epochs), so a
+   killed benchmark resumes.
 
 Patches to their code. Their files are otherwise byte-identical to their commit (the
 result records it); every change is one of these:
@@ -69,8 +69,8 @@ result records it); every change is one of these:
   gamma, contrastive weights, the `default` preset) is theirs.
 * `logs/log.txt` (their own old training log, shipped in the repository) is deleted, so
   that the log their logger appends to holds this run only.
-* `rs_hashing_run.py` (a new file) imports their `main` and wraps five functions at
-  run time before calling `main.main()`:
+* `rs_hashing_run.py` (a new file) imports their `main` and wraps these at run time
+  before calling `main.main()`:
   - `dataset.datasets.select_idxs` records its results (the caption pick per image);
   - `main.get_dataloaders` writes `rs_hashing_split.npz` (their train / query /
     database image indices and each image's caption pick 0..4) after their split;
@@ -129,7 +129,7 @@ RUNNER = "rs_hashing_run.py"
 PARTS = ("train", "query", "database")
 
 RUNNER_SOURCE = '''\
-"""Runs the DUCH authors' main.main() with five run-time wraps; written by
+"""Runs the DUCH authors' main.main() with run-time wraps; written by
 rs_hashing's benchmarks/authors_duch.py (its docstring lists them). Run in this folder
 with main.py's arguments."""
 
