@@ -124,7 +124,12 @@ def authors_runs(seeds: list[int], bits: int, part: str) -> dict[int, dict]:
         out = os.path.join(FLAGS.out, part, f"{AUTHORS}_{bits}", f"seed{seed}")
         result = authors_duch.run_authors_duch(FLAGS.data_dir, FLAGS.features, seed, bits, FLAGS.epochs, out,
                                                python=FLAGS.authors_python)
-        runs[seed] = {"map@20": {"i2t": result["i2t"], "t2i": result["t2i"]},
+        if not (result.get("split_matches") and result.get("captions_match")):
+            raise RuntimeError(f"{out}: the authors' code did not train on rs_hashing's split and captions "
+                               f"(split_matches={result.get('split_matches')}, "
+                               f"captions_match={result.get('captions_match')})")
+        runs[seed] = {"map@20": result.get("map@20") or {"i2t": result["i2t"], "t2i": result["t2i"]},
+                      "map@20_continuous": result.get("map@20_continuous", {}),
                       "process": {k: result.get(k) for k in ("wall_s", "cpu_s", "peak_rss_mb")}}
     return runs
 
