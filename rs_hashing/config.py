@@ -31,6 +31,7 @@ CHNR_LOSSES = ("chnr", "duch")
 TEXT_POOLINGS = ("masked_mean", "last4_sum_mean", "cls")
 RADIOMETRIES = ("fixed", "percentile")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+ACTIVATION_DTYPES = ("float16", "float32")
 
 
 class Check:
@@ -211,6 +212,10 @@ class FeatureConfig:
     encode_batch_size: int = _field(64, "Images (or captions) per encoder call while extracting", POSITIVE)
     precision: str = _field("float32", "Keras dtype policy used while extracting", OneOf(PRECISIONS))
     augment_seed: int = _field(0, "Seed of the offline augmented image and caption views", NON_NEGATIVE)
+    activation_dtype: str = _field(
+        "float16", "dtype of the encoder activations a feature store caches for trainable towers "
+        "(model.image_trainable_stages or model.text_trainable_layers above 0); frozen features are float32",
+        OneOf(ACTIVATION_DTYPES))
     features: str = _field("", "Feature store folder that extraction writes and training reads",
                          Text("a folder"))
 
@@ -262,6 +267,15 @@ class ModelConfig:
     chnr_loss: str = _field(
         "chnr", "CHNR's loss set: chnr (weighted image-text NT-Xent plus quantisation, as the authors) "
         "or duch (the full DUCH loss set with the same weights)", OneOf(CHNR_LOSSES))
+    image_trainable_stages: int = _field(
+        0, "Top stages of the image encoder that train with the hash heads (0: the encoder stays frozen, "
+        "as in the papers); EfficientNet-Lite0: its last N of 7 MBConv stages with the 1x1 head "
+        "convolution and pooling, tiny_cnn: its last N of 2 convolutions with the pooling. The feature "
+        "store then caches the activations entering the first trainable layer", NON_NEGATIVE)
+    text_trainable_layers: int = _field(
+        0, "Top transformer layers of the text encoder that train with the hash heads, with the pooling "
+        "(0: the encoder stays frozen); the feature store then caches the token states entering the "
+        "first trainable layer and their padding mask", NON_NEGATIVE)
     detector_hidden: int = _field(1280, "Width of the CHNR noise detector's hidden layer", POSITIVE)
     detector_dropout: float = _field(0.2, "Dropout rate in the CHNR noise detector",
                                      Range(0, 1, low_closed=True))
@@ -307,6 +321,10 @@ class TrainConfig:
                                 NON_NEGATIVE)
     phase2_epochs: int = _field(75, "CHNR: epochs of weighted hashing training on all training pairs",
                                 NON_NEGATIVE)
+    tower_learning_rate_factor: float = _field(
+        0.1, "Learning rate of the trainable encoder tops (model.image_trainable_stages, "
+        "model.text_trainable_layers) as a multiple of learning_rate, on the same schedule; pretrained "
+        "layers take smaller steps than the hash heads, which start from random weights", POSITIVE)
     detector_learning_rate: float = _field(1e-4, "AdamW learning rate of the CHNR noise detector", POSITIVE)
     detector_weight_decay: float = _field(1e-3, "Decoupled AdamW weight decay of the CHNR noise detector",
                                           NON_NEGATIVE)

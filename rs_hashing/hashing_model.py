@@ -13,6 +13,11 @@ the ones the run recorded (`encoders.json`).
 
 Training itself never needs this: it reads features that the frozen encoders computed
 once (`rs_hashing.features`).
+
+A run that fine-tuned the top of an encoder (tower mode, `model.image_trainable_stages`
+or `model.text_trainable_layers` above 0) keeps the tuned top inside its heads'
+model; its codes are then the frozen bottom, the tuned top and the head, in that order,
+on every path here and in the exports.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from tqdm.auto import tqdm
 
 from rs_hashing import config as config_lib
 from rs_hashing.codes import Codes
+from rs_hashing.encoders.encoder_towers import EncoderTowers
 from rs_hashing.encoders.frozen_encoders import FrozenEncoders
 from rs_hashing.errors import DatasetError, RunFolderError
 from rs_hashing.features.feature_extractor import bad_images_named
@@ -61,7 +67,8 @@ class HashingModel:
     Args:
         run_dir: the run folder.
         config: its configuration.
-        heads: the trained `CrossModalHashingModel` (image and text hash heads).
+        heads: the trained `CrossModalHashingModel` (image and text hash heads, and the
+            tuned encoder tops of a run in tower mode).
         encoders: the frozen encoders of `config.features`.
 
     Use `from_run` to load one; the constructor checks nothing on disk.
@@ -78,8 +85,16 @@ class HashingModel:
         self.encoders = encoders
         # How 16-bit images (16-bit PNG, GeoTIFF) become 8-bit input, as in training.
         self.radiometry = radiometry_of(config.features)
+        # The frozen bottoms, cut where the run's tuned tops (inside `heads`) start.
+        self.towers = EncoderTowers.of_config(config, encoders)
+        for name, tower, count in (("image", heads.image_tower, self.towers.image_stages),
+                                   ("text", heads.text_tower, self.towers.text_layers)):
+            if (tower is not None) != bool(count):
+                raise ValueError(f"{run_dir}: the {name} encoder is {'cut' if count else 'frozen'} in config.json, "
+                                 f"but the trained model {'has no' if tower is None else 'has a'} {name} tower")
         self._fingerprint = None
         self._image_function = None
+        self._text_function = None
 
     # ------------------------------------------------------------------ loading
 
@@ -157,7 +172,17 @@ class HashingModel:
 
     @property
     def image_encoder(self) -> keras.Model:
-        """The frozen image encoder: float pixels [N, S, S, 3] in [0, 255] -> features."""
+        """The frozen image encoder: float pixels [N, S, S, 3] in [0, 255] -> features,
+        or, for a run with a tuned image top, the frozen bottom -> the activations the
+        top (in `heads.encode_image`) takes."""
+        if self.heads.image_tower is not None:
+            bottom = self.towers.image_bottom
+            made, takes = tuple(bottom.output_shape[1:]), tuple(self.heads.image_tower.input_shape[1:])
+            if made != takes:
+                raise ValueError(
+                    f"image encoder '{self.features.image_encoder}' cut at {self.towers.image_stages} stage(s) gives "
+                    f"{made} activations but the image tower of {self.run_dir} takes {takes}")
+            return bottom
         encoder = self.encoders.image
         width = int(encoder.output_shape[-1])
         if width != self.heads.image_dim:
@@ -217,8 +242,48 @@ class HashingModel:
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.bits), np.float32)
-        features = self.text_encoder.encode(texts)
-        return np.asarray(self.heads.encode_text(features, training=False), np.float32)
+        if self.heads.text_tower is None:
+            features = self.text_encoder.encode(texts)
+            return np.asarray(self.heads.encode_text(features, training=False), np.float32)
+        if self._text_function is None:
+            self.build_encoders()
+            self._text_function = tf.function(self.text_hash_graph, reduce_retracing=True)
+        batch = self.config.features.encode_batch_size
+        return np.concatenate([np.asarray(self._text_function(tf.constant(texts[start:start + batch])), np.float32)
+                               for start in range(0, len(texts), batch)])
+
+    # ------------------------------------------------------------------ graph functions (exports)
+
+    def build_encoders(self) -> None:
+        """Builds the encoders, and the bottoms of a tuned run, now: the graph functions
+        below need them built before they are traced (weights cannot be loaded inside a
+        trace)."""
+        self.image_encoder  # pylint: disable=pointless-statement
+        self.text_encoder  # pylint: disable=pointless-statement
+        if self.heads.text_tower is not None:
+            self.towers.text_bottom  # pylint: disable=pointless-statement
+
+    def image_hash_graph(self, pixels: tf.Tensor) -> tf.Tensor:
+        """Graph-friendly: float pixels [N, S, S, 3] in [0, 255] -> continuous codes
+        [N, K] (the frozen encoder or bottom, the tuned top if any, the head)."""
+        return self.heads.encode_image(self.image_encoder(pixels, training=False), training=False)
+
+    def text_hash_graph(self, texts: tf.Tensor) -> tf.Tensor:
+        """Graph-friendly: a [N] string batch -> continuous codes [N, K], tokenised in
+        graph (empty captions fail; see `TextEncoder.__call__`)."""
+        if self.heads.text_tower is None:
+            return self.heads.encode_text(self.text_encoder(texts), training=False)
+        states, padding_mask = self.towers.text_inputs(texts)
+        return self.heads.encode_text(states, training=False, padding_mask=padding_mask)
+
+    def token_hash_graph(self, token_ids: tf.Tensor, padding_mask: tf.Tensor) -> tf.Tensor:
+        """Graph-friendly: int32 token ids and padding mask [N, T] (from
+        `TextEncoder.tokenize`) -> continuous codes [N, K]; the TFLite text model."""
+        tokens = {"token_ids": token_ids, "padding_mask": padding_mask}
+        if self.heads.text_tower is None:
+            return self.heads.encode_text(self.text_encoder.token_model()(tokens, training=False), training=False)
+        return self.heads.encode_text(self.towers.text_bottom(tokens, training=False), training=False,
+                                      padding_mask=padding_mask)
 
     def preprocess_image_bytes(self, image_bytes: bytes) -> np.ndarray:
         """Encoded image (JPEG/PNG/.../TIFF) -> float32 [S, S, 3], exactly as in training."""
@@ -230,15 +295,10 @@ class HashingModel:
 
     def _pixels_to_hash(self):
         if self._image_function is None:
-            encoder, heads = self.image_encoder, self.heads
-
             # The feature extractor runs the encoder through a tf.function in inference
             # mode; so does this path, so that its numbers are training's.
-            @tf.function(reduce_retracing=True)
-            def encode(pixels):
-                return heads.encode_image(encoder(pixels, training=False), training=False)
-
-            self._image_function = encode
+            self.build_encoders()
+            self._image_function = tf.function(self.image_hash_graph, reduce_retracing=True)
         return self._image_function
 
     def image_hash_from_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:

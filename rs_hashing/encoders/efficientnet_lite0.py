@@ -52,6 +52,7 @@ _STAGES = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
+NUM_STAGES = len(_STAGES)
 
 
 def _block_specs() -> list[dict[str, int]]:
@@ -185,6 +186,21 @@ class EfficientNetLite0(keras.Model):
             self.load_weights(weights_path)
         elif weights_path is not None:
             self.load_torch_weights(weights_path)
+
+    def first_top_layer(self, stages: int) -> str:
+        """The name of the first layer of the top `stages` MBConv stages (1 to
+        `NUM_STAGES`), which train with the head convolution and the pooling in tower
+        mode (`rs_hashing.encoders.encoder_towers`); the model is cut at its input.
+
+        Raises:
+            ValueError: `stages` is not an integer in [1, NUM_STAGES].
+        """
+        if isinstance(stages, bool) or not isinstance(stages, int) or not 1 <= stages <= NUM_STAGES:
+            raise ValueError(f"EfficientNet-Lite0 has {NUM_STAGES} MBConv stages; trainable stages={stages!r} "
+                             f"must be an integer from 1 to {NUM_STAGES}.")
+        first_block = sum(repeats for repeats, *_ in _STAGES[:NUM_STAGES - stages])
+        spec = _block_specs()[first_block]
+        return f"block{first_block}_{'expand_conv' if spec['expand'] != 1 else 'dwconv'}"
 
     def load_torch_weights(self, path: str) -> None:
         """Copies an `efficientnet_lite_pytorch` lite0 state dict into this model.

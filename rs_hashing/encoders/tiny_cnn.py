@@ -4,6 +4,10 @@ from typing import Any
 
 import keras
 
+# Its convolutions, the stages a trainable top may take (`first_top_layer`).
+_CONVOLUTIONS = ("conv1", "conv2")
+NUM_STAGES = len(_CONVOLUTIONS)
+
 
 @keras.saving.register_keras_serializable(package="rs_hashing")
 class TinyCNN(keras.Model):
@@ -64,6 +68,18 @@ class TinyCNN(keras.Model):
         self.image_size = image_size
         self.hidden_dim = hidden_dim
         self.seed = seed
+
+    def first_top_layer(self, stages: int) -> str:
+        """The first layer of the top `stages` convolutions (1 or 2), which train with
+        the pooling in tower mode (`rs_hashing.encoders.encoder_towers`).
+
+        Raises:
+            ValueError: `stages` is not 1 or 2.
+        """
+        if isinstance(stages, bool) or not isinstance(stages, int) or not 1 <= stages <= NUM_STAGES:
+            raise ValueError(f"tiny_cnn has {NUM_STAGES} convolutions; trainable stages={stages!r} must be "
+                             f"an integer from 1 to {NUM_STAGES}.")
+        return _CONVOLUTIONS[NUM_STAGES - stages]
 
     def get_config(self) -> dict[str, Any]:
         config = {

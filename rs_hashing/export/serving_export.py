@@ -209,18 +209,18 @@ def build_export_archive(hashing_model: HashingModel, max_pixels: int = DEFAULT_
     """An ExportArchive with the three endpoints (encode_text first, so it is also
     serving_default); each refuses batches above `max_batch` items, empty batches and
     images above `max_pixels` (see the module docstring)."""
-    bits, size, model = hashing_model.bits, hashing_model.image_size, hashing_model.heads
-    image_encoder, text_encoder = hashing_model.image_encoder, hashing_model.text_encoder
+    bits, size = hashing_model.bits, hashing_model.image_size
+    hashing_model.build_encoders()
     radiometry = radiometry_of(hashing_model.features)  # 16-bit PNGs, as in training
 
+    # The run's own encoding paths (a tuned encoder top included): HashingModel's.
     def image_outputs(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        features = image_encoder(pixels, training=False)
-        return code_outputs(model.encode_image(features, training=False), bits)
+        return code_outputs(hashing_model.image_hash_graph(pixels), bits)
 
     def encode_text(text: tf.Tensor) -> dict[str, tf.Tensor]:
         text = _checked_batch(_checked(text, input_specs("encode_text")[0]), "text", "text", max_batch)
         text = _checked_utf8(text)
-        return code_outputs(model.encode_text(text_encoder(text), training=False), bits)
+        return code_outputs(hashing_model.text_hash_graph(text), bits)
 
     def encode_image(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         image_bytes = _checked(image_bytes, input_specs("encode_image")[0])

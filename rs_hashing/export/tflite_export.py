@@ -56,29 +56,28 @@ class QuantizationRejectedError(ValueError):
 
 def image_hashing_function(hashing_model: HashingModel) -> tf.types.experimental.GenericFunction:
     """tf.function: `image` float32 [N, S, S, 3] in [0, 255] -> {code, packed, hash}."""
-    size, model, image_encoder = hashing_model.image_size, hashing_model.heads, hashing_model.image_encoder
+    size = hashing_model.image_size
+    hashing_model.build_encoders()
 
     # No Python control flow on tensors inside: autograph has nothing to convert.
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="image")],
                  autograph=False)
     def image_codes(image):
-        features = image_encoder(image, training=False)
-        return code_outputs(model.encode_image(features, training=False), hashing_model.bits)
+        return code_outputs(hashing_model.image_hash_graph(image), hashing_model.bits)
 
     return image_codes
 
 
 def text_hashing_function(hashing_model: HashingModel) -> tf.types.experimental.GenericFunction:
     """tf.function: `token_ids`, `padding_mask` int32 [N, T] -> {code, packed, hash}."""
-    length, model = hashing_model.features.sequence_length, hashing_model.heads
-    token_model = hashing_model.text_encoder.token_model()
+    length = hashing_model.features.sequence_length
+    hashing_model.build_encoders()
 
     @tf.function(input_signature=[tf.TensorSpec([None, length], tf.int32, name="token_ids"),
                                   tf.TensorSpec([None, length], tf.int32, name="padding_mask")],
                  autograph=False)
     def text_codes(token_ids, padding_mask):
-        features = token_model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
-        return code_outputs(model.encode_text(features, training=False), hashing_model.bits)
+        return code_outputs(hashing_model.token_hash_graph(token_ids, padding_mask), hashing_model.bits)
 
     return text_codes
 

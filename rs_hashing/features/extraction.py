@@ -1,4 +1,9 @@
-"""Extracts a dataset's feature store with the frozen encoders a `FeatureConfig` names."""
+"""Extracts a dataset's feature store with the frozen encoders a `FeatureConfig` names.
+
+With trainable encoder tops (`model.image_trainable_stages`, `model.text_trainable_layers`
+above 0; `rs_hashing.encoders.encoder_towers`) the store caches the activations of the
+encoders' frozen bottoms instead of their features, in `features.activation_dtype`.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,36 @@ from rs_hashing import config as config_lib
 from rs_hashing.data.caption_augmenter import CaptionAugmenter
 from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.data.image_augmenter import ImageAugmenter
+from rs_hashing.encoders.encoder_towers import EncoderTowers
 from rs_hashing.encoders.frozen_encoders import FrozenEncoders
 from rs_hashing.errors import FeatureStoreError
 from rs_hashing.features.feature_extractor import FeatureExtractor
-from rs_hashing.features.feature_store import MANIFEST, FeatureStore
+from rs_hashing.features.feature_store import MANIFEST, SHAPE_KEYS, FeatureStore
 from rs_hashing.features.image_pipeline import radiometry_of
 
 # Manifest fields that describe how features were made; a complete store whose manifest
 # agrees on all of them is reused instead of extracted again.
 ENCODER_INFO_KEYS = ("image_encoder", "image_weights", "image_size", "text_encoder", "text_pooling",
                      "sequence_length", "augment_seed", "image_augmenter", "caption_augmenter",
-                     "precision", "encoders", "radiometry")
+                     "precision", "encoders", "radiometry", "towers")
+
+
+def towers_info(towers: EncoderTowers, dtype: str) -> dict:
+    """The manifest's `towers` entry before the shapes are known: the cut, the dtype of
+    the cached activations and the widths of the tops' outputs (the heads' inputs)."""
+    encoders = towers.encoders
+    return {**towers.cut(), "dtype": dtype, "image_dim": int(encoders.image.output_shape[-1]),
+            "text_dim": int(encoders.text.output_dim)}
 
 
 def encoder_info(features: config_lib.FeatureConfig, encoders: FrozenEncoders,
-                 image_augmenter: ImageAugmenter, caption_augmenter: CaptionAugmenter) -> dict:
+                 image_augmenter: ImageAugmenter, caption_augmenter: CaptionAugmenter,
+                 towers: EncoderTowers | None = None) -> dict:
     """What the manifest records about how the features were made, the encoders'
-    identity (package, version, weights fingerprint) included."""
-    return {
+    identity (package, version, weights fingerprint) included, and with trainable tops
+    (`towers`) where the encoders are cut (the `towers` entry; absent for frozen
+    features, whose manifests are as they always were)."""
+    info = {
         "image_encoder": features.image_encoder,
         "image_weights": features.image_weights,
         "image_size": features.image_size,
@@ -39,6 +56,20 @@ def encoder_info(features: config_lib.FeatureConfig, encoders: FrozenEncoders,
         "encoders": encoders.identity(),
         "radiometry": radiometry_of(features).to_dict(),
     }
+    if towers is not None and towers.trainable:
+        info["towers"] = towers_info(towers, features.activation_dtype)
+    return info
+
+
+class _TextStates:
+    """The text bottom as `FeatureExtractor` calls a text encoder: `encode(captions,
+    batch_size)` -> {"states", "padding_mask"}."""
+
+    def __init__(self, towers: EncoderTowers):
+        self.towers = towers
+
+    def encode(self, texts: list[str], batch_size: int) -> dict:
+        return self.towers.encode_text_states(texts, batch_size)
 
 
 def _finished_store(out_dir: str, dataset: CaptionDataset, info: dict) -> FeatureStore | None:
@@ -51,6 +82,8 @@ def _finished_store(out_dir: str, dataset: CaptionDataset, info: dict) -> Featur
     except FeatureStoreError:
         return None
     made_with = {key: store.manifest.get(key) for key in ENCODER_INFO_KEYS}
+    if made_with["towers"]:  # The writer added the arrays' shapes.
+        made_with["towers"] = {k: v for k, v in made_with["towers"].items() if k not in SHAPE_KEYS}
     return store if made_with == {key: info.get(key) for key in ENCODER_INFO_KEYS} else None
 
 
@@ -69,14 +102,16 @@ def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir
     """
     features = config.features
     encoders = encoders or FrozenEncoders(features, dtype_policy=features.precision)
+    towers = EncoderTowers.of_config(config, encoders)
     image_augmenter = ImageAugmenter(seed=features.augment_seed)
     caption_augmenter = CaptionAugmenter(seed=features.augment_seed)
-    info = encoder_info(features, encoders, image_augmenter, caption_augmenter)
+    info = encoder_info(features, encoders, image_augmenter, caption_augmenter, towers)
     finished = _finished_store(out_dir, dataset, info)
     if finished is not None:
         return finished
     extractor = FeatureExtractor(
-        encoders.image, encoders.text, features.image_size, image_augmenter.augment,
-        caption_augmenter.augment, batch_size=features.encode_batch_size, progress=progress,
-        radiometry=radiometry_of(features))
+        towers.image_bottom, _TextStates(towers) if towers.text_layers else encoders.text, features.image_size,
+        image_augmenter.augment, caption_augmenter.augment, batch_size=features.encode_batch_size,
+        progress=progress, radiometry=radiometry_of(features),
+        dtype=features.activation_dtype if towers.trainable else "float32")
     return extractor.extract(dataset, out_dir, info)

@@ -121,8 +121,11 @@ class FeatureExtractor:
     """Extracts image, augmented-image, caption and augmented-caption features.
 
     Args:
-      image_encoder: Keras model, float [N, S, S, 3] pixels in [0, 255] -> [N, Di].
-      text_encoder: object with `encode(list[str], batch_size) -> [M, Dt]`.
+      image_encoder: Keras model, float [N, S, S, 3] pixels in [0, 255] -> [N, Di] (or
+        a frozen bottom's activations [N, ...], tower mode).
+      text_encoder: object with `encode(list[str], batch_size) -> [M, Dt]`, or (tower
+        mode) returning {"states": [M, T, H], "padding_mask": [M, T]}; the store then
+        holds `text_mask` and `text_aug_mask` as well, trimmed to the longest caption.
       image_size: side S of the encoder's input.
       augment_image: uint8 [H, W, 3] image and an item seed -> augmented uint8 image.
       augment_caption: caption and an item seed -> augmented caption.
@@ -132,13 +135,16 @@ class FeatureExtractor:
       radiometry: the radiometric contract of 16-bit images (default: the fixed one).
       max_pixels: an image above this many pixels is refused, from its header, before
         it is decoded (None: no limit; TIFFs keep the raster reader's limit).
+      dtype: dtype of the encoders' outputs in shards and store (cached activations are
+        float16 by default, see `FeatureConfig.activation_dtype`).
     """
 
     def __init__(self, image_encoder, text_encoder, image_size: int,
                  augment_image: Callable[[np.ndarray, int], np.ndarray],
                  augment_caption: Callable[[str, int], str], batch_size: int = 64,
                  shard_size: int = 1000, text_batch_size: int = 256, progress: bool = True,
-                 radiometry: Radiometry | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS):
+                 radiometry: Radiometry | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS,
+                 dtype: str = "float32"):
         if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
                                        or max_pixels < 1):
             raise ValueError(f"FeatureExtractor: max_pixels={max_pixels!r} must be a positive integer or None")
@@ -155,6 +161,7 @@ class FeatureExtractor:
         self.progress = progress
         self.radiometry = radiometry or Radiometry()
         self.max_pixels = max_pixels
+        self.dtype = np.dtype(dtype)
         self._encode = tf.function(lambda x: image_encoder(x, training=False), reduce_retracing=True)
 
     # ---------------------------------------------------------------- images
@@ -187,26 +194,41 @@ class FeatureExtractor:
         originals, augmented = [], []
         with bad_images_named(paths, limit=len(paths), max_pixels=self.max_pixels):
             for images, images_aug in self._image_dataset(paths, start):
-                originals.append(self._encode(images).numpy())
-                augmented.append(self._encode(images_aug).numpy())
+                originals.append(self._encode(images).numpy().astype(self.dtype))
+                augmented.append(self._encode(images_aug).numpy().astype(self.dtype))
         return np.concatenate(originals), np.concatenate(augmented)
 
     # -------------------------------------------------------------- captions
     def augmented_captions(self, texts: Sequence[str]) -> list[str]:
         return [self.augment_caption(text, i) for i, text in enumerate(texts)]
 
-    def _encode_texts(self, unique: list[str], shard_dir: str, bar) -> np.ndarray:
-        parts = []
+    def _encode_texts(self, unique: list[str], shard_dir: str, bar) -> dict[str, np.ndarray]:
+        """{"features": [U, Dt]} of the unique captions, or the text bottom's
+        {"states": [U, T, H], "padding_mask": [U, T]} (tower mode)."""
+        parts: dict[str, list[np.ndarray]] = {}
         for s, start in enumerate(range(0, len(unique), self.shard_size * 4)):
             chunk = unique[start:start + self.shard_size * 4]
             path = os.path.join(shard_dir, f"text_{s:05d}.npy")
+            mask_path = os.path.join(shard_dir, f"text_mask_{s:05d}.npy")
             if os.path.exists(path):
-                parts.append(np.load(path))
+                encoded = {"features": np.load(path)}
+                if os.path.exists(mask_path):
+                    encoded = {"states": encoded["features"], "padding_mask": np.load(mask_path)}
             else:
-                parts.append(np.asarray(self.text_encoder.encode(chunk, batch_size=self.text_batch_size), np.float32))
-                save_array_atomic(path, parts[-1])
+                output = self.text_encoder.encode(chunk, batch_size=self.text_batch_size)
+                if isinstance(output, dict):
+                    encoded = {"states": np.asarray(output["states"], self.dtype),
+                               "padding_mask": np.asarray(output["padding_mask"], np.int8)}
+                    # The mask first: a shard counts as done once its states are saved.
+                    save_array_atomic(mask_path, encoded["padding_mask"])
+                    save_array_atomic(path, encoded["states"])
+                else:
+                    encoded = {"features": np.asarray(output, self.dtype)}
+                    save_array_atomic(path, encoded["features"])
+            for name, array in encoded.items():
+                parts.setdefault(name, []).append(array)
             bar.update(len(chunk))
-        return np.concatenate(parts)
+        return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 
     # ------------------------------------------------------------------ run
     def extract(self, dataset: CaptionDataset, out_dir: str, info: dict | None = None) -> FeatureStore:
@@ -245,14 +267,20 @@ class FeatureExtractor:
         position = {t: i for i, t in enumerate(unique)}
         t = time.perf_counter()
         with tqdm(total=len(unique), desc="captions", unit="cap", disable=not self.progress) as bar:
-            unique_features = self._encode_texts(unique, shard_dir, bar)
+            unique_encoded = self._encode_texts(unique, shard_dir, bar)
         text_seconds = time.perf_counter() - t
-        arrays = {
-            "image": np.concatenate(image_parts),
-            "image_aug": np.concatenate(image_aug_parts),
-            "text": unique_features[[position[x] for x in texts]],
-            "text_aug": unique_features[[position[x] for x in texts_aug]],
-        }
+        rows, rows_aug = [position[x] for x in texts], [position[x] for x in texts_aug]
+        arrays = {"image": np.concatenate(image_parts), "image_aug": np.concatenate(image_aug_parts)}
+        if "states" in unique_encoded:
+            # Token columns that are padding in every caption are cut off: the top masks
+            # padding, so they change nothing but the store's size.
+            masks = unique_encoded["padding_mask"]
+            longest = max(int(masks.sum(axis=1).max(initial=0)), 1)
+            states = unique_encoded["states"][:, :longest]
+            arrays.update({"text": states[rows], "text_aug": states[rows_aug],
+                           "text_mask": masks[rows, :longest], "text_aug_mask": masks[rows_aug, :longest]})
+        else:
+            arrays.update({"text": unique_encoded["features"][rows], "text_aug": unique_encoded["features"][rows_aug]})
         write_json_atomic(os.path.join(out_dir, "captions.json"), {"text": texts, "text_aug": texts_aug})
         seconds = time.perf_counter() - started
         report = ExtractionReport(

@@ -62,10 +62,28 @@ Other choices, each a deliberate match to or fix of the released code:
   inter-modal term once, sum(w * l) / sum(w); `"count"` divides by the number of pairs,
   sum(w * l) / N, which is the authors' unnormalised weighted sum on our mean scale (the
   `as_coded` setting).
+
+Trainable encoder tops (tower mode, issue 19; `rs_hashing.encoders.encoder_towers`)
+---------------------------------------------------------------------------------------
+With an `image_tower` (`text_tower`) the image (text) side of a batch holds the frozen
+bottom's cached activations, and the tower, the top of the pretrained encoder, turns
+them into the features its head takes; it trains in the same step, on the same loss.
+Deliberate choices:
+- Towers always run in inference mode: BatchNormalization normalises with its
+  pretrained moving statistics (its scale and offset still train) and dropout is off.
+  Batch statistics would drift the ImageNet statistics the rest of the pretrained
+  layers expect, and the towers then compute in training exactly what evaluation and
+  the exports compute.
+- The coupled L2 stays on the heads only: it pulls weights towards zero, not towards
+  their pretrained values.
+- The towers have their own optimiser (`tower_optimizer`, an Adam like the heads', at a
+  smaller learning rate): they start from pretrained weights, the heads from random
+  ones.
 """
 
 from __future__ import annotations
 
+import copy
 import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -127,7 +145,10 @@ class CrossModalHashingModel(keras.Model):
     Batches are dicts: `image`, `image_aug` [N, image_dim], `text`, `text_aug`
     [N, text_dim] feature vectors, `index` [N] int rows of the binary target table
     (needed for training), and optionally `pair_weights` [N], CHNR's noise-detector
-    weights, which scale only the inter-modal contrastive term.
+    weights, which scale only the inter-modal contrastive term. With an `image_tower`
+    the image views are its input activations [N, ...]; with a `text_tower` the text
+    views are token states [N, T, H] and the batch holds their padding masks
+    `text_mask` and `text_aug_mask` [N, T] as well.
 
     The hashing objective is
         loss = w_inter * C(image, text; pair_weights) + w_ii * C(image, image_aug)
@@ -162,6 +183,12 @@ class CrossModalHashingModel(keras.Model):
             as the authors) or "inference" (from an extra inference pass).
         pair_weight_norm: "weights" (sum(w l) / sum(w)) or "count" (sum(w l) / N, the
             authors' CHNR weighting) for the pair-weighted inter-modal term.
+        image_tower: the trainable top of the image encoder, a Keras model from the
+            cached activations to features [N, image_dim] (`EncoderTowers.image_top`);
+            None: the image views are features.
+        text_tower: the trainable top of the text encoder, a Keras model from
+            {"states" [N, T, H], "padding_mask" [N, T]} to features [N, text_dim]
+            (`EncoderTowers.text_top`); None: the text views are features.
         seed: seeds the binary target table and the step-time `SeedGenerator`; None
             draws fresh randomness.
         **kwargs: passed to `keras.Model` (`name`, `trainable`, `dtype`).
@@ -192,6 +219,8 @@ class CrossModalHashingModel(keras.Model):
         use_adversarial: bool = True,
         target_codes: str = "training",
         pair_weight_norm: str = "weights",
+        image_tower: keras.Model | None = None,
+        text_tower: keras.Model | None = None,
         seed: int | None = None,
         **kwargs: Any,
     ):
@@ -216,6 +245,14 @@ class CrossModalHashingModel(keras.Model):
             raise ValueError(f"{owner}: use_adversarial must be a bool, got {use_adversarial!r}.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"{owner}: seed must be an integer or None, got {seed!r}.")
+        for name, tower, width in (("image_tower", image_tower, image_dim), ("text_tower", text_tower, text_dim)):
+            if tower is None:
+                continue
+            if not isinstance(tower, keras.Model):
+                raise ValueError(f"{owner}: {name} must be a keras.Model or None, got {type(tower).__name__}.")
+            if tower.output_shape[-1] != width:
+                raise ValueError(f"{owner}: {name} gives {tower.output_shape[-1]}-d features, but the head "
+                                 f"takes {width} ({name.split('_')[0]}_dim).")
         is_number = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
         if not is_number or not temperature > 0:
             raise ValueError(
@@ -257,6 +294,8 @@ class CrossModalHashingModel(keras.Model):
         self.use_adversarial = use_adversarial
         self.target_codes = target_codes
         self.pair_weight_norm = pair_weight_norm
+        self.image_tower = image_tower
+        self.text_tower = text_tower
         self.seed = None if seed is None else int(seed)
 
         # Distinct initializer seeds per network (None keeps Keras' global seeding).
@@ -284,6 +323,7 @@ class CrossModalHashingModel(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="step_seed_generator")
         self._trackers = {name: keras.metrics.Mean(name=name) for name in TERM_NAMES}
         self._discriminator_optimizer = None
+        self._tower_optimizer = None
         # Every sub-layer was built above; mark the model built so weights can be saved
         # and loaded without a dummy forward pass.
         self.built = True
@@ -311,11 +351,24 @@ class CrossModalHashingModel(keras.Model):
     # ------------------------------------------------------------------ encoding
 
     def encode_image(self, features: Any, training: bool = False) -> Any:
-        """Continuous image codes in (-1, 1), shape [N, bits], from [N, image_dim]."""
+        """Continuous image codes in (-1, 1), shape [N, bits], from [N, image_dim], or
+        from the image tower's input activations when there is one."""
+        if self.image_tower is not None:
+            # Inference mode always (BatchNorm's pretrained statistics): see the module
+            # docstring. Cached activations may be float16.
+            features = self.image_tower(ops.cast(features, self.compute_dtype), training=False)
         return self.image_head(features, training=training)
 
-    def encode_text(self, features: Any, training: bool = False) -> Any:
-        """Continuous text codes in (-1, 1), shape [N, bits], from [N, text_dim]."""
+    def encode_text(self, features: Any, training: bool = False, padding_mask: Any = None) -> Any:
+        """Continuous text codes in (-1, 1), shape [N, bits], from [N, text_dim], or
+        from token states [N, T, H] and their `padding_mask` [N, T] when there is a
+        text tower (the mask is not used without one)."""
+        if self.text_tower is not None:
+            if padding_mask is None:
+                raise ValueError("CrossModalHashingModel.encode_text: the text tower needs the token states' "
+                                 "padding_mask.")
+            features = self.text_tower({"states": ops.cast(features, self.compute_dtype),
+                                        "padding_mask": ops.cast(padding_mask, "int32")}, training=False)
         return self.text_head(features, training=training)
 
     def _check_batch(self, batch: Any, require_index: bool) -> None:
@@ -327,6 +380,10 @@ class CrossModalHashingModel(keras.Model):
         required = ["image", "image_aug", "text"]
         if self.variant == "as_intended":
             required.append("text_aug")
+        if self.text_tower is not None:
+            required.append("text_mask")
+            if self.variant == "as_intended":
+                required.append("text_aug_mask")
         if require_index:
             required.append("index")
         missing = [key for key in required if key not in batch]
@@ -354,12 +411,13 @@ class CrossModalHashingModel(keras.Model):
             [N, bits].
         """
         self._check_batch(batch, require_index=False)
-        text_aug = batch["text"] if self.variant == "as_coded" else batch["text_aug"]
+        augmented = "text" if self.variant == "as_coded" else "text_aug"
         return {
             "image_codes": self.encode_image(batch["image"], training=training),
             "image_codes_aug": self.encode_image(batch["image_aug"], training=training),
-            "text_codes": self.encode_text(batch["text"], training=training),
-            "text_codes_aug": self.encode_text(text_aug, training=training),
+            "text_codes": self.encode_text(batch["text"], training=training, padding_mask=batch.get("text_mask")),
+            "text_codes_aug": self.encode_text(batch[augmented], training=training,
+                                               padding_mask=batch.get(f"{augmented}_mask")),
         }
 
     def build_for_features(self, batch_size: int = 1) -> None:
@@ -373,8 +431,15 @@ class CrossModalHashingModel(keras.Model):
             batch_size: rows of the dummy batch (>= 1).
         """
         check_positive_int("build_for_features", "batch_size", batch_size)
-        self.encode_image(ops.zeros((batch_size, self.image_dim)), training=False)
-        self.encode_text(ops.zeros((batch_size, self.text_dim)), training=False)
+        image_shape = self.image_tower.input_shape[1:] if self.image_tower is not None else (self.image_dim,)
+        self.encode_image(ops.zeros((batch_size, *image_shape)), training=False)
+        if self.text_tower is not None:
+            states_shape = self.text_tower.input["states"].shape[1:]
+            length = states_shape[0] or 2
+            self.encode_text(ops.zeros((batch_size, length, states_shape[1])), training=False,
+                             padding_mask=ops.ones((batch_size, length), "int32"))
+        else:
+            self.encode_text(ops.zeros((batch_size, self.text_dim)), training=False)
         self.discriminator(ops.zeros((batch_size, self.bits)), training=False)
 
     def call(self, inputs: Mapping[str, Any], training: bool = False) -> dict[str, Any]:
@@ -383,7 +448,8 @@ class CrossModalHashingModel(keras.Model):
         if "image" in inputs:
             outputs["image_codes"] = self.encode_image(inputs["image"], training=training)
         if "text" in inputs:
-            outputs["text_codes"] = self.encode_text(inputs["text"], training=training)
+            outputs["text_codes"] = self.encode_text(inputs["text"], training=training,
+                                                     padding_mask=inputs.get("text_mask"))
         if not outputs:
             raise ValueError(
                 "CrossModalHashingModel: inputs need an 'image' or 'text' key, got "
@@ -393,8 +459,17 @@ class CrossModalHashingModel(keras.Model):
 
     # ------------------------------------------------------------------ losses
 
-    def _hash_variables(self) -> list[Any]:
+    def _head_variables(self) -> list[Any]:
         return self.image_head.trainable_variables + self.text_head.trainable_variables
+
+    def _tower_variables(self) -> list[Any]:
+        return [variable for tower in (self.image_tower, self.text_tower) if tower is not None
+                for variable in tower.trainable_variables]
+
+    @property
+    def has_towers(self) -> bool:
+        """Whether an encoder top trains with the heads."""
+        return self.image_tower is not None or self.text_tower is not None
 
     @staticmethod
     def _l2_penalty(variables: Iterable[Any], coefficient: float) -> Any:
@@ -498,7 +573,8 @@ class CrossModalHashingModel(keras.Model):
             + self.adversarial_weight * adversarial
             + self.quantization_weight * quantization
             + self.bit_balance_weight * bit_balance
-            + self._l2_penalty(self._hash_variables(), self.hash_l2)
+            # The heads only: an L2 on the towers would pull pretrained weights to zero.
+            + self._l2_penalty(self._head_variables(), self.hash_l2)
         )
         return {
             "loss": total,
@@ -516,9 +592,10 @@ class CrossModalHashingModel(keras.Model):
         self,
         hash_optimizer: keras.optimizers.Optimizer | None = None,
         discriminator_optimizer: keras.optimizers.Optimizer | None = None,
+        tower_optimizer: keras.optimizers.Optimizer | None = None,
         **kwargs: Any,
     ) -> None:
-        """Stores the two optimisers; other kwargs (jit_compile, run_eagerly,
+        """Stores the optimisers; other kwargs (jit_compile, run_eagerly,
         steps_per_execution) go to `keras.Model.compile`.
 
         Args:
@@ -528,10 +605,14 @@ class CrossModalHashingModel(keras.Model):
                 optimiser's (decoupled) `weight_decay`.
             discriminator_optimizer: updates the discriminator; default
                 Adam(1e-4, beta_1=0.5, beta_2=0.9, epsilon=1e-8).
+            tower_optimizer: updates the trainable encoder tops, when the model has
+                any; default Adam(1e-5, epsilon=1e-8). Learning-rate callbacks must set
+                it as well.
 
         Raises:
             ValueError: if `optimizer`, `loss` or `metrics` is passed (the losses are
-                built in), or one optimiser object is given for both roles.
+                built in), one optimiser object is given for two roles, or a
+                tower_optimizer is given to a model without towers.
         """
         for key in ("optimizer", "loss", "loss_weights", "metrics", "weighted_metrics"):
             if key in kwargs:
@@ -545,19 +626,33 @@ class CrossModalHashingModel(keras.Model):
             discriminator_optimizer = keras.optimizers.Adam(
                 learning_rate=1e-4, beta_1=0.5, beta_2=0.9, epsilon=1e-8
             )
+        if tower_optimizer is not None and not self.has_towers:
+            raise ValueError("CrossModalHashingModel.compile: tower_optimizer given, but the model has no "
+                             "image_tower or text_tower.")
+        if tower_optimizer is None and self.has_towers:
+            tower_optimizer = keras.optimizers.Adam(learning_rate=1e-5, epsilon=1e-8)
         if hash_optimizer is discriminator_optimizer:
             raise ValueError(
                 "CrossModalHashingModel.compile: hash_optimizer and discriminator_optimizer "
                 "must be two different optimizer objects."
             )
+        if tower_optimizer is not None and (tower_optimizer is hash_optimizer
+                                            or tower_optimizer is discriminator_optimizer):
+            raise ValueError(
+                "CrossModalHashingModel.compile: tower_optimizer must be an optimizer object of its own "
+                "(one Adam updating two variable sets would count its steps twice)."
+            )
         super().compile(optimizer=hash_optimizer, **kwargs)
         self._discriminator_optimizer = discriminator_optimizer
+        self._tower_optimizer = tower_optimizer
         # Build each optimiser on exactly its own variables now; otherwise `fit` would
         # build the hashing optimiser on every trainable variable, discriminator included.
         if not self.optimizer.built:
-            self.optimizer.build(self._hash_variables())
+            self.optimizer.build(self._head_variables())
         if not discriminator_optimizer.built:
             discriminator_optimizer.build(self.discriminator.trainable_variables)
+        if tower_optimizer is not None and not tower_optimizer.built:
+            tower_optimizer.build(self._tower_variables())
 
     @property
     def hash_optimizer(self) -> keras.optimizers.Optimizer | None:
@@ -568,6 +663,11 @@ class CrossModalHashingModel(keras.Model):
     def discriminator_optimizer(self) -> keras.optimizers.Optimizer | None:
         """The optimiser of the code discriminator."""
         return self._discriminator_optimizer
+
+    @property
+    def tower_optimizer(self) -> keras.optimizers.Optimizer | None:
+        """The optimiser of the trainable encoder tops (None without towers)."""
+        return self._tower_optimizer
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -588,11 +688,12 @@ class CrossModalHashingModel(keras.Model):
         return value
 
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """Discriminator update on this batch's codes, then the heads' update."""
+        """Discriminator update on this batch's codes, then the heads' (and towers')
+        update."""
         if self._discriminator_optimizer is None:
             raise ValueError("CrossModalHashingModel: call compile() before training.")
         self._check_batch(batch, require_index=True)
-        hash_variables = self._hash_variables()
+        head_variables, tower_variables = self._head_variables(), self._tower_variables()
         with tf.GradientTape() as tape:
             # One forward pass of the heads serves both updates, as in the authors' code.
             codes = self.encode_views(batch, training=True)
@@ -605,8 +706,10 @@ class CrossModalHashingModel(keras.Model):
             else:
                 discriminator_value = ops.zeros(())
             terms = self._loss_terms(batch, codes)
-        gradients = tape.gradient(terms["loss"], hash_variables)
-        self.optimizer.apply(gradients, hash_variables)
+        gradients = tape.gradient(terms["loss"], head_variables + tower_variables)
+        self.optimizer.apply(gradients[:len(head_variables)], head_variables)
+        if tower_variables:
+            self._tower_optimizer.apply(gradients[len(head_variables):], tower_variables)
         if self.target_codes == "training":
             mean_codes = sum(codes[name] for name in VIEW_CODE_NAMES) / len(VIEW_CODE_NAMES)
             self._epoch_codes.record(batch["index"], ops.stop_gradient(mean_codes))
@@ -714,7 +817,8 @@ class CrossModalHashingModel(keras.Model):
     # ------------------------------------------------------------------ config
 
     def get_config(self) -> dict[str, Any]:
-        """Every constructor argument (weights resolved to numbers)."""
+        """Every constructor argument (weights resolved to numbers; towers as their
+        serialized Keras configs, their weights are the model's)."""
         return {
             "name": self.name,
             "trainable": self.trainable,
@@ -737,8 +841,32 @@ class CrossModalHashingModel(keras.Model):
             "use_adversarial": self.use_adversarial,
             "target_codes": self.target_codes,
             "pair_weight_norm": self.pair_weight_norm,
+            "image_tower": _serialize_tower(self.image_tower),
+            "text_tower": _serialize_tower(self.text_tower),
             "seed": self.seed,
         }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "CrossModalHashingModel":
+        """Inverse of `get_config` (configs saved before towers existed have none)."""
+        config = dict(config)
+        for name in ("image_tower", "text_tower"):
+            config[name] = _deserialize_tower(config.get(name))
+        return cls(**config)
+
+
+def _serialize_tower(tower: keras.Model | None) -> dict | None:
+    return None if tower is None else keras.saving.serialize_keras_object(tower)
+
+
+def _deserialize_tower(config: dict | None) -> keras.Model | None:
+    if config is None:
+        return None
+    # A text tower holds keras-hub transformer layers, registered by importing keras-hub.
+    import keras_hub  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
+    # Deserialising consumes the dict it reads; the caller's config stays whole.
+    return keras.saving.deserialize_keras_object(copy.deepcopy(config))
 
 
 class _EpochCodes:

@@ -86,6 +86,18 @@ def trusted_pairs(store: FeatureStore, split: ProtocolSplit, noise: NoisyPairs) 
     return TrainingPairs.from_store(store, split, noise, items=np.flatnonzero(noise.protected))
 
 
+def _check_frozen_encoders(config: config_lib.Config) -> None:
+    model = config.model
+    if model.image_trainable_stages or model.text_trainable_layers:
+        # The detector scores [image; text] feature pairs; with trainable tops the store
+        # holds activations, and which features (pretrained or tuned tops) the detector
+        # should see is not settled.
+        raise ValueError(
+            f"image_trainable_stages={model.image_trainable_stages}, text_trainable_layers="
+            f"{model.text_trainable_layers}: CHNR trains on frozen features only (its noise detector scores "
+            "feature pairs); set both to 0, or use --method=duch")
+
+
 def _check_config(config: config_lib.Config, noise: NoisyPairs | None) -> None:
     if config.data.clean_fraction <= 0 or noise is None or not noise.protected.any():
         raise ValueError(
@@ -117,6 +129,7 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
     """
     started = time.perf_counter()
     # Every refusal (features, config, trusted subset, run folder) comes before the first write.
+    _check_frozen_encoders(config)
     data = run_kit.prepare(config, dataset)
     noise = data.noise
     _check_config(config, noise)

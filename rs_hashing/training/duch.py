@@ -36,9 +36,11 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
     Returns: the content of metrics.json.
     """
     started = time.perf_counter()
-    # Both refusals (features made otherwise, a folder of another run) come before the
-    # first write.
+    # Every refusal (features made otherwise, encoders other than the store's, a folder
+    # of another run) comes before the first write.
     data = run_kit.prepare(config, dataset)
+    # Tower mode: the encoders' trainable tops, with their pretrained weights.
+    image_tower, text_tower = run_kit.encoder_tops(config, data.store)
     workdir = start_run(config, workdir, overwrite=overwrite)
     if data.noise is not None:
         write_json_atomic(os.path.join(workdir, "noise.json"), data.noise.summary())
@@ -47,7 +49,8 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
         pairs_hook(pairs)
 
     t = config.train
-    model = run_kit.build_model(config, data.store.image_dim, data.store.text_dim, len(pairs))
+    model = run_kit.build_model(config, data.store.image_dim, data.store.text_dim, len(pairs),
+                                image_tower=image_tower, text_tower=text_tower)
     run_kit.compile_model(model, config)
     model.build_for_features(t.batch_size)
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)

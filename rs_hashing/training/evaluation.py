@@ -2,7 +2,8 @@
 
 Queries are the query images and their protocol-chosen captions; the database holds the
 database images and their chosen captions. Relevant means the same scene class. Codes are
-the signs of the hash heads' outputs (0 maps to +1).
+the signs of the hash heads' outputs (0 maps to +1). With trainable encoder tops the
+sets are the store's cached activations, which the model passes through its tuned tops.
 """
 
 from __future__ import annotations
@@ -17,13 +18,22 @@ from rs_hashing.features.feature_store import FeatureStore
 CODE_KEYS = ("query_image", "query_text", "database_image", "database_text")
 
 
+def _rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of a store array; float16 activations stay float16 (the model casts them)."""
+    return np.asarray(array[rows], np.float16 if array.dtype == np.float16 else np.float32)
+
+
 def retrieval_features(store: FeatureStore, split: ProtocolSplit) -> dict[str, np.ndarray]:
-    """Features of the query and database sets and their labels."""
+    """Features (or cached activations) of the query and database sets and their
+    labels; `<set>_text_mask` too when the store holds token states."""
     offsets = np.asarray(store.caption_offsets)
     out = {}
     for part, images in (("query", split.query), ("database", split.database)):
-        out[f"{part}_image"] = np.asarray(store.image[images], np.float32)
-        out[f"{part}_text"] = np.asarray(store.text[split.chosen_caption_index(offsets, images)], np.float32)
+        captions = split.chosen_caption_index(offsets, images)
+        out[f"{part}_image"] = _rows(store.image, images)
+        out[f"{part}_text"] = _rows(store.text, captions)
+        if store.text_mask is not None:
+            out[f"{part}_text_mask"] = np.asarray(store.text_mask[captions])
         out[f"{part}_labels"] = np.asarray(store.labels[images])
     return out
 
@@ -32,10 +42,15 @@ def encode_continuous(model, features: dict[str, np.ndarray], batch_size: int = 
     """The heads' continuous outputs (before the sign) of every retrieval set."""
     outputs = {}
     for key in CODE_KEYS:
-        encode = model.encode_image if key.endswith("image") else model.encode_text
-        parts = [np.asarray(encode(features[key][i:i + batch_size], training=False))
-                 for i in range(0, len(features[key]), batch_size)]
-        outputs[key] = np.concatenate(parts)
+        rows = range(0, len(features[key]), batch_size)
+        if key.endswith("image"):
+            parts = [model.encode_image(features[key][i:i + batch_size], training=False) for i in rows]
+        else:
+            masks = features.get(f"{key}_mask")
+            parts = [model.encode_text(features[key][i:i + batch_size], training=False,
+                                       padding_mask=None if masks is None else masks[i:i + batch_size])
+                     for i in rows]
+        outputs[key] = np.concatenate([np.asarray(part) for part in parts])
     return outputs
 
 

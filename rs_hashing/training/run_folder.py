@@ -1,8 +1,10 @@
 """The rules of a run folder: one configuration per folder, from its first write on.
 
 `start_run` writes config.json or refuses a folder that holds another run, `clear_run`
-removes what a run wrote (`overwrite=True`), and `check_feature_settings` refuses
-features made with other encoder settings than the config's.
+removes what a run wrote (`overwrite=True`), `check_feature_settings` refuses
+features made with other encoder settings than the config's, and `check_tower_cut` a
+store that caches the activations of another cut of the encoders (or features where the
+config trains encoder tops).
 """
 
 from __future__ import annotations
@@ -65,6 +67,29 @@ def check_feature_settings(store: FeatureStore, features: config_lib.FeatureConf
             f"{os.path.join(store.path, MANIFEST)}: the features were made with other encoder settings than the "
             f"config: {'; '.join(differences)} (extract the features again with these settings, or train with the "
             "store's)")
+
+
+def _describe_cut(stages: int, layers: int, dtype: str | None) -> str:
+    if not stages and not layers:
+        return "frozen features (image_trainable_stages=0, text_trainable_layers=0)"
+    return (f"the activations of image_trainable_stages={stages}, text_trainable_layers={layers}"
+            f"{f' in {dtype}' if dtype else ''}")
+
+
+def check_tower_cut(store: FeatureStore, config: config_lib.Config) -> None:
+    """Refuses a store made for another cut of the encoders than `config.model` asks
+    for (`image_trainable_stages`, `text_trainable_layers`), or with another dtype of
+    cached activations than `config.features.activation_dtype`; the message names both."""
+    model = config.model
+    wanted = (model.image_trainable_stages, model.text_trainable_layers)
+    wanted_dtype = config.features.activation_dtype if any(wanted) else None
+    made_dtype = (store.towers or {}).get("dtype")
+    if store.cut() != wanted or made_dtype != wanted_dtype:
+        raise FeatureStoreError(
+            f"{os.path.join(store.path, MANIFEST)}: the store holds {_describe_cut(*store.cut(), made_dtype)}, but "
+            f"the config trains on {_describe_cut(*wanted, wanted_dtype)}; extract the features again with these "
+            "settings (rs-hashing extract-features with the same --image_trainable_stages, --text_trainable_layers "
+            "and --activation_dtype), or train with the store's")
 
 
 def config_differences(old: config_lib.Config, new: config_lib.Config) -> list[str]:

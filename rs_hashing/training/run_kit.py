@@ -2,8 +2,8 @@
 callbacks, `fit` and the finished run folder.
 
 A driver is a short script over this kit: `prepare` (dataset, validated feature store,
-protocol split, noise), `start_run` (the folder's rules, below), `build_model` and
-`compile_model`, `restore_checkpoint` of `hashing_checkpoint_objects`, `fit_hashing`
+protocol split, noise), `start_run` (the folder's rules, below), `encoder_tops` (the
+trainable encoder tops of tower mode, if any), `build_model` and `compile_model`, `restore_checkpoint` of `hashing_checkpoint_objects`, `fit_hashing`
 with `hashing_callbacks`, and `finish_run`. A run folder holds:
 
     config.json            the resolved configuration
@@ -68,13 +68,15 @@ from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.data.loaders import load_dataset
 from rs_hashing.data.noisy_pairs import NoisyPairs
 from rs_hashing.data.protocol_split import ProtocolSplit
-from rs_hashing.encoders.encoder_identity import encoder_identity
+from rs_hashing.encoders.encoder_identity import check_encoder_identity, encoder_identity
+from rs_hashing.encoders.encoder_towers import EncoderTowers
+from rs_hashing.errors import FeatureStoreError
 from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 from rs_hashing.training import evaluation
 from rs_hashing.training.binary_target_updater import BinaryTargetUpdater
 from rs_hashing.training.callbacks import EpochCheckpoint, HistoryLog, NanGuard, StepDecay, _read_rows
-from rs_hashing.training.run_folder import TENSORBOARD, check_feature_settings
+from rs_hashing.training.run_folder import TENSORBOARD, check_feature_settings, check_tower_cut
 from rs_hashing.training.training_pairs import TrainingPairs
 from rs_hashing.training.weights_file import weights_file_bytes
 
@@ -90,14 +92,15 @@ class RunData(NamedTuple):
 
 def prepare(config: config_lib.Config, dataset: CaptionDataset | None = None) -> RunData:
     """Dataset (loaded unless given), validated feature store, protocol split and noise
-    of a config. A store made with other encoder settings than the config's is refused
-    (`check_feature_settings`)."""
+    of a config. A store made with other encoder settings than the config's, or for
+    another cut of the encoders, is refused (`check_feature_settings`, `check_tower_cut`)."""
     dataset = dataset if dataset is not None else load_dataset(config.data, check_images=False)
     if not config.features.features:
         raise ValueError("features is empty: give the feature store folder (--features, as written by "
                          "`rs-hashing extract-features`)")
     store = FeatureStore.open(config.features.features, dataset)
     check_feature_settings(store, config.features)
+    check_tower_cut(store, config)
     split = ProtocolSplit.for_dataset(dataset, config.data)
     noise = None
     if config.data.noise_rate > 0 or config.data.clean_fraction > 0:
@@ -114,10 +117,38 @@ def learning_rate_at(config: config_lib.TrainConfig, epoch: int) -> float:
     return config.learning_rate * config.lr_decay ** sum(1 for e in config.lr_decay_epochs if epoch >= e)
 
 
+def encoder_tops(config: config_lib.Config, store: FeatureStore) -> tuple[keras.Model | None, keras.Model | None]:
+    """(image_tower, text_tower): the trainable encoder tops `config.model` asks for, new
+    copies of the pretrained layers, or None for a frozen encoder.
+
+    The installed encoders must be those that filled the store (their identity is
+    checked against the manifest's), and each top must take the store's cached shape.
+    """
+    towers = EncoderTowers.of_config(config)
+    if not towers.trainable:
+        return None, None
+    recorded = store.manifest.get("encoders")
+    if recorded:
+        check_encoder_identity(recorded, towers.encoders.identity(), store.path)
+    image_tower, text_tower = towers.image_top(), towers.text_top()
+    cached = store.towers or {}
+    checks = []
+    if image_tower is not None:
+        checks.append(("image", tuple(image_tower.input_shape[1:]), tuple(cached.get("image_shape", ()))))
+    if text_tower is not None:
+        # Per token: the cached length is the store's longest caption, the top takes any.
+        checks.append(("text", tuple(text_tower.input["states"].shape[2:]), tuple(cached.get("text_shape", ()))[1:]))
+    for name, takes, stored in checks:
+        if takes != stored:
+            raise FeatureStoreError(f"{store.path}: the {name} activations cached are {stored}, the {name} top "
+                                    f"takes {takes}; extract the features again")
+    return image_tower, text_tower
+
+
 def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_train: int,
                 **overrides) -> CrossModalHashingModel:
     """The hashing model of a config; `overrides` replace constructor arguments (CHNR's
-    loss set turns terms off this way)."""
+    loss set turns terms off this way; `encoder_tops`' towers come in this way)."""
     m = config.model
     arguments = dict(
         image_dim=image_dim, text_dim=text_dim, bits=m.bits, hidden_dim=m.hidden_dim, num_train=num_train,
@@ -131,7 +162,7 @@ def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_tr
         # The released code's weighted sum (CHNR) is sum(w l) / N on our mean scale.
         pair_weight_norm="count" if m.variant == "as_coded" else "weights",
         seed=config.train.seed)
-    unknown = set(overrides) - set(arguments) - {"use_adversarial", "discriminator_l2"}
+    unknown = set(overrides) - set(arguments) - {"use_adversarial", "discriminator_l2", "image_tower", "text_tower"}
     if unknown:
         raise ValueError(f"build_model: unknown model argument(s) {sorted(unknown)}")
     arguments.update(overrides)
@@ -139,11 +170,15 @@ def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_tr
 
 
 def compile_model(model: CrossModalHashingModel, config: config_lib.Config) -> None:
+    t = config.train
+    # The encoder tops: an Adam like the heads', at tower_learning_rate_factor x their rate.
+    tower_optimizer = (keras.optimizers.Adam(learning_rate=t.learning_rate * t.tower_learning_rate_factor,
+                                             epsilon=1e-8) if model.has_towers else None)
     model.compile(
         # epsilon 1e-8 as torch's Adam, which the papers used.
-        hash_optimizer=keras.optimizers.Adam(learning_rate=config.train.learning_rate, epsilon=1e-8),
+        hash_optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate, epsilon=1e-8),
         discriminator_optimizer=keras.optimizers.Adam(learning_rate=1e-4, beta_1=0.5, beta_2=0.9, epsilon=1e-8),
-        jit_compile=config.train.jit_compile)
+        tower_optimizer=tower_optimizer, jit_compile=t.jit_compile)
 
 
 def read_history(path: str) -> dict[str, list[float]]:
@@ -165,9 +200,12 @@ def hashing_checkpoint_objects(model: CrossModalHashingModel, epoch_var: tf.Vari
     not track Keras 3 SeedGenerator states through the model, and without them a resumed
     run would redraw its gradient-penalty interpolations from the start seed.
     """
-    return dict(model=model, hash_optimizer=model.hash_optimizer,
-                discriminator_optimizer=model.discriminator_optimizer, epoch=epoch_var,
-                all_model_variables=list(model.variables))
+    objects = dict(model=model, hash_optimizer=model.hash_optimizer,
+                   discriminator_optimizer=model.discriminator_optimizer, epoch=epoch_var,
+                   all_model_variables=list(model.variables))
+    if model.tower_optimizer is not None:
+        objects["tower_optimizer"] = model.tower_optimizer
+    return objects
 
 
 def hashing_callbacks(model: CrossModalHashingModel, config: config_lib.Config, pairs: TrainingPairs,
@@ -180,7 +218,10 @@ def hashing_callbacks(model: CrossModalHashingModel, config: config_lib.Config, 
     # The binary targets come from the codes of the epoch's own training steps; only a
     # model set to take them from an inference pass needs the items to pass over.
     target_views = pairs.all_views() if model.target_codes == "inference" else None
-    return [
+    tower_decay = ([StepDecay(model.tower_optimizer,
+                              lambda epoch: learning_rate_at(t, epoch) * t.tower_learning_rate_factor)]
+                   if model.tower_optimizer is not None else [])
+    return tower_decay + [
         StepDecay(model.hash_optimizer, lambda epoch: learning_rate_at(t, epoch)),
         BinaryTargetUpdater(target_views),
         NanGuard(manager.directory),

@@ -17,6 +17,10 @@ normalise a batch of one sample.
 Items carry their global training-item id (`item_ids`, the position in `split.train`),
 which batches give as `index`: a subset of the training set (CHNR's trusted pairs)
 addresses the same rows of the model's binary-target table as the whole set.
+
+A store of cached activations (trainable encoder tops) gives batches of activations in
+the store's dtype (float16 by default; the model casts them), and token states come
+with their padding masks (`text_mask`, `text_aug_mask`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ import tensorflow as tf
 from rs_hashing.data.noisy_pairs import NoisyPairs
 from rs_hashing.data.protocol_split import ProtocolSplit
 from rs_hashing.features.feature_store import FeatureStore
+
+
+def _as_batch_dtype(array: np.ndarray) -> np.ndarray:
+    """Rows of a store array in memory: float16 activations stay float16 (half the
+    memory; the model casts them), features become float32."""
+    return np.asarray(array, np.float16 if array.dtype == np.float16 else np.float32)
 
 
 @dataclasses.dataclass
@@ -47,6 +57,8 @@ class TrainingPairs:
       noisy: [T] bool, pairs whose captions were replaced.
       pair_weights: [P] weight of each (item, caption) pair, 1 unless a noise detector
         set it; multiplies the pair's inter-modal contrastive term.
+      text_mask_pool, text_aug_mask_pool: [P, T] padding masks of cached token states
+        (a trainable text top), else None.
     """
 
     image: np.ndarray
@@ -59,6 +71,8 @@ class TrainingPairs:
     labels: np.ndarray
     noisy: np.ndarray
     pair_weights: np.ndarray
+    text_mask_pool: np.ndarray | None = None
+    text_aug_mask_pool: np.ndarray | None = None
 
     @classmethod
     def from_store(cls, store: FeatureStore, split: ProtocolSplit, noise: NoisyPairs | None = None,
@@ -77,17 +91,20 @@ class TrainingPairs:
         pool = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
         pool_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         chosen = pool_offsets[:-1] + split.caption_choice[caption_images]
+        masks = getattr(store, "text_mask", None) is not None
         return cls(
-            image=np.asarray(store.image[images], np.float32),
-            image_aug=np.asarray(store.image_aug[images], np.float32),
+            image=_as_batch_dtype(store.image[images]),
+            image_aug=_as_batch_dtype(store.image_aug[images]),
             item_ids=positions.astype(np.int64),
-            text_pool=np.asarray(store.text[pool], np.float32),
-            text_aug_pool=np.asarray(store.text_aug[pool], np.float32),
+            text_pool=_as_batch_dtype(store.text[pool]),
+            text_aug_pool=_as_batch_dtype(store.text_aug[pool]),
             pool_offsets=pool_offsets,
             chosen=chosen.astype(np.int64),
             labels=np.asarray(store.labels[images]),
             noisy=noisy[positions],
             pair_weights=np.ones(len(pool), np.float32),
+            text_mask_pool=np.asarray(store.text_mask[pool]) if masks else None,
+            text_aug_mask_pool=np.asarray(store.text_aug_mask[pool]) if masks else None,
         )
 
     def __len__(self) -> int:
@@ -129,7 +146,7 @@ class TrainingPairs:
     def batch(self, items: np.ndarray, captions: np.ndarray) -> dict[str, np.ndarray]:
         """The pairs (item positions `items`, pool indices `captions`) as a named batch;
         `index` is the items' global ids."""
-        return {
+        batch = {
             "image": self.image[items],
             "image_aug": self.image_aug[items],
             "text": self.text_pool[captions],
@@ -137,6 +154,10 @@ class TrainingPairs:
             "index": self.item_ids[items].astype(np.int32),
             "pair_weights": self.pair_weights[captions],
         }
+        if self.text_mask_pool is not None:
+            batch["text_mask"] = self.text_mask_pool[captions]
+            batch["text_aug_mask"] = self.text_aug_mask_pool[captions]
+        return batch
 
     def epoch_chunks(self, mode: str, batch_size: int, seed: int, first_epoch: int,
                      epochs: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -157,15 +178,9 @@ class TrainingPairs:
     def dataset(self, mode: str, batch_size: int, seed: int, first_epoch: int, epochs: int) -> tf.data.Dataset:
         """Batches for `model.fit(..., initial_epoch=first_epoch, epochs=epochs)`, of
         `batch_size` pairs but the last of each epoch (batch dimension None)."""
-        image_dim, text_dim = self.image.shape[1], self.text_pool.shape[1]
-        signature = {
-            "image": tf.TensorSpec([None, image_dim], tf.float32),
-            "image_aug": tf.TensorSpec([None, image_dim], tf.float32),
-            "text": tf.TensorSpec([None, text_dim], tf.float32),
-            "text_aug": tf.TensorSpec([None, text_dim], tf.float32),
-            "index": tf.TensorSpec([None], tf.int32),
-            "pair_weights": tf.TensorSpec([None], tf.float32),
-        }
+        first = self.batch(np.arange(1), self.chosen[:1])
+        signature = {name: tf.TensorSpec([None, *value.shape[1:]], tf.as_dtype(value.dtype))
+                     for name, value in first.items()}
         return tf.data.Dataset.from_generator(
             lambda: self.batches(mode, batch_size, seed, first_epoch, epochs),
             output_signature=signature).prefetch(2)

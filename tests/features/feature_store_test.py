@@ -84,3 +84,63 @@ def test_corrupt_manifest(tmp_path):
         json.dump({"format_version": 99}, f)
     with pytest.raises(FeatureStoreError, match="format_version 99"):
         FeatureStore.open(path)
+
+
+TOWERS = {"image_trainable_stages": 1, "text_trainable_layers": 1, "image_cut": "conv2",
+          "text_cut": "transformer_layer_1", "dtype": "float16", "image_dim": 16, "text_dim": 8}
+
+
+def _activations(dataset, length=5):
+    """Cached activations of a store for trainable tops: [N, 2, 2, 4] images, [M, T, 8]
+    token states and their masks (caption c has 2 + c % 3 tokens)."""
+    rng = np.random.default_rng(1)
+    n, m = len(dataset), dataset.num_captions
+    masks = (np.arange(length)[None, :] < 2 + np.arange(m)[:, None] % 3).astype(np.int8)
+    return {"image": rng.normal(size=(n, 2, 2, 4)), "image_aug": rng.normal(size=(n, 2, 2, 4)),
+            "text": rng.normal(size=(m, length, 8)), "text_aug": rng.normal(size=(m, length, 8)),
+            "text_mask": masks, "text_aug_mask": masks[::-1].copy()}
+
+
+def test_a_store_of_activations_round_trips_with_its_cut_dtype_and_shapes(tmp_path):
+    dataset = _dataset(tmp_path / "data")
+    arrays = _activations(dataset)
+    FeatureStore.write(str(tmp_path / "store"), arrays, dataset, {"towers": TOWERS})
+    store = FeatureStore.open(str(tmp_path / "store"), dataset)
+    assert store.image.dtype == np.float16 and store.image.shape == (6, 2, 2, 4)
+    assert store.text.shape == (12, 5, 8) and store.text_mask.dtype == np.int8
+    np.testing.assert_array_equal(store.text_aug_mask, arrays["text_aug_mask"])
+    np.testing.assert_array_equal(store.text, arrays["text"].astype(np.float16))
+    # The heads' inputs are the tops' outputs, not the cached shapes.
+    assert store.image_dim == 16 and store.text_dim == 8 and store.cut() == (1, 1)
+    assert store.towers == {**TOWERS, "image_shape": [2, 2, 4], "text_shape": [5, 8]}
+
+
+def test_a_store_of_frozen_features_is_written_as_before(tmp_path):
+    dataset = _dataset(tmp_path / "data")
+    FeatureStore.write(str(tmp_path / "store"), _arrays(dataset), dataset, {"image_encoder": "x"})
+    store = FeatureStore.open(str(tmp_path / "store"), dataset)
+    assert store.towers is None and store.cut() == (0, 0) and store.text_mask is None
+    assert sorted(os.listdir(tmp_path / "store")) == ["caption_offsets.npy", "image.npy", "image_aug.npy",
+                                                     "labels.npy", "manifest.json", "text.npy", "text_aug.npy"]
+    with open(tmp_path / "store" / "manifest.json", encoding="utf-8") as f:
+        assert "towers" not in json.load(f)
+
+
+def test_activations_of_the_wrong_dtype_shape_or_values_are_refused(tmp_path):
+    dataset = _dataset(tmp_path / "data")
+    path = str(tmp_path / "store")
+    arrays = _activations(dataset)
+    FeatureStore.write(path, arrays, dataset, {"towers": TOWERS})
+    np.save(os.path.join(path, "image_aug.npy"), arrays["image_aug"].astype(np.float32))
+    with pytest.raises(FeatureStoreError, match="image_aug.npy: dtype float32, expected float16"):
+        FeatureStore.open(path)
+    np.save(os.path.join(path, "image_aug.npy"), arrays["image_aug"].astype(np.float16))
+    np.save(os.path.join(path, "text_mask.npy"), arrays["text_mask"][:, :4])
+    with pytest.raises(FeatureStoreError, match=r"text_mask.npy: shape \(12, 4\), expected \(12, 5\)"):
+        FeatureStore.open(path)
+    np.save(os.path.join(path, "text_mask.npy"), arrays["text_mask"])
+    bad = arrays["text"].astype(np.float16)
+    bad[9, 4, 2] = np.inf
+    np.save(os.path.join(path, "text.npy"), bad)
+    with pytest.raises(FeatureStoreError, match=r"text.npy: contains NaN or infinity \(first at row 9\)"):
+        FeatureStore.open(path)

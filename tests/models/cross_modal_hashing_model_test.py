@@ -392,3 +392,113 @@ def test_count_normalised_pair_weights_as_the_authors_chnr():
     assert terms["contrastive_inter"] == pytest.approx(float((weights * per_item).sum() / 4), rel=1e-5)
     with pytest.raises(ValueError, match="pair_weight_norm must be one of"):
         make_model(pair_weight_norm="sum")
+
+
+# ----------------------------------------------------------------------- trainable encoder tops
+
+
+@pytest.fixture(scope="module")
+def towers():
+    """A random EfficientNet-Lite0 (32 px) cut before its last stage and the tiny BERT cut
+    before its last layer."""
+    from rs_hashing import config as config_lib  # pylint: disable=import-outside-toplevel
+    from rs_hashing.encoders.encoder_towers import EncoderTowers  # pylint: disable=import-outside-toplevel
+    from rs_hashing.encoders.frozen_encoders import FrozenEncoders  # pylint: disable=import-outside-toplevel
+
+    features = config_lib.FeatureConfig(image_encoder="efficientnet_lite0", image_weights="none", image_size=32,
+                                        text_encoder="tiny_bert", sequence_length=8)
+    encoders = FrozenEncoders(features)
+    calibrate_batch_norm(encoders.image, np.random.default_rng(9).uniform(0, 255, (8, 32, 32, 3)).astype("float32"))
+    return EncoderTowers(encoders, image_stages=1, text_layers=1)
+
+
+def calibrate_batch_norm(model: keras.Model, pixels: np.ndarray) -> None:
+    """Sets each BatchNorm's moving statistics to those of its input on `pixels`, in
+    order: a random network's activations then keep their scale through its 16 blocks,
+    as a pretrained one's do (with the initial statistics they vanish to ~1e-10)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = np.asarray(keras.Model(model.input, layer.input)(pixels))
+            layer.moving_mean.assign(inputs.mean(axis=(0, 1, 2)))
+            layer.moving_variance.assign(inputs.var(axis=(0, 1, 2)) + 1e-3)
+
+
+def tower_model(towers, **overrides) -> CrossModalHashingModel:
+    return make_model(image_dim=1280, text_dim=16, image_tower=towers.image_top(), text_tower=towers.text_top(),
+                      **overrides)
+
+
+def tower_batch(towers, seed: int = 0, size: int = BATCH) -> dict[str, np.ndarray]:
+    """Activations of random pixels and token states of captions, as a tower store caches them."""
+    rng = np.random.default_rng(seed)
+    captions = ["many green trees", "a river near two planes .", "the beach", "some boats are in the sea"]
+    batch = {}
+    for view in ("", "_aug"):
+        pixels = rng.uniform(0, 255, (size, 32, 32, 3)).astype("float32")
+        batch[f"image{view}"] = np.asarray(towers.image_bottom(pixels), np.float16)
+        states = towers.encode_text_states(list(rng.permutation(captions))[:size])
+        batch[f"text{view}"] = states["states"].astype(np.float16)
+        batch[f"text{view}_mask"] = states["padding_mask"]
+    batch["index"] = np.arange(size, dtype="int32")
+    return batch
+
+
+def test_gradients_reach_exactly_the_unfrozen_layers(towers):
+    model = tower_model(towers)
+    model.compile(tower_optimizer=keras.optimizers.Adam(1e-3))
+    image_top_layers = {layer.name for layer in model.image_tower.layers if layer.trainable_weights}
+    assert image_top_layers == {"block15_expand_conv", "block15_expand_bn", "block15_dwconv", "block15_dw_bn",
+                                "block15_project_conv", "block15_project_bn", "head_conv", "head_bn"}
+    text_top_layers = {layer.name for layer in model.text_tower.layers if layer.trainable_weights}
+    assert text_top_layers == {"transformer_layer_1"}
+    # The optimisers hold exactly the heads and the tops' trainable variables.
+    heads = model.image_head.trainable_variables + model.text_head.trainable_variables
+    tops = model.image_tower.trainable_variables + model.text_tower.trainable_variables
+    assert {id(v) for v in model.tower_optimizer._trainable_variables} == {id(v) for v in tops}
+    assert {id(v) for v in model.hash_optimizer._trainable_variables} == {id(v) for v in heads}
+
+    batch = tower_batch(towers)
+    with tf.GradientTape() as tape:
+        terms = model._loss_terms(batch, model.encode_views(batch, training=True))
+    gradients = tape.gradient(terms["loss"], tops)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in gradients)
+
+    encoder_weights = snapshot(towers.encoders.image.weights + towers.encoders.text.backbone.weights)
+    statistics = snapshot(model.image_tower.non_trainable_variables)
+    before = snapshot(tops)
+    model.train_step(batch)
+    assert all(changed(before, tops))
+    # Inference-mode towers: the pretrained BatchNorm statistics do not move.
+    assert not any(changed(statistics, model.image_tower.non_trainable_variables))
+    # Nothing below the cut (the frozen encoders, whose bottoms made the cache) changes.
+    assert not any(changed(encoder_weights, towers.encoders.image.weights + towers.encoders.text.backbone.weights))
+
+
+def test_towers_take_activations_and_masks_and_round_trip(towers, tmp_path):
+    model = tower_model(towers)
+    batch = tower_batch(towers)
+    whole_image = towers.encoders.image(np.random.default_rng(0).uniform(0, 255, (BATCH, 32, 32, 3)).astype("float32"))
+    assert np.asarray(model.encode_image(batch["image"])).shape == (BATCH, BITS)
+    assert whole_image.shape == (BATCH, 1280)
+    with pytest.raises(ValueError, match="missing key.*text_aug_mask"):
+        model.encode_views({k: v for k, v in batch.items() if k != "text_aug_mask"})
+    with pytest.raises(ValueError, match="the text tower needs the token states' padding_mask"):
+        model.encode_text(batch["text"])
+    with pytest.raises(ValueError, match="text_tower gives 16-d features, but the head takes 12"):
+        make_model(text_tower=towers.text_top())
+    with pytest.raises(ValueError, match="tower_optimizer given, but the model has no"):
+        make_model().compile(tower_optimizer=keras.optimizers.Adam())
+    model.compile()
+    assert float(model.tower_optimizer.learning_rate) == pytest.approx(1e-5)
+    model.train_step(batch)  # the towers move away from the pretrained weights
+    path = str(tmp_path / "tower.weights.h5")
+    model.save_weights(path)
+    config = model.get_config()
+    json.dumps(config)
+    restored = CrossModalHashingModel.from_config(config)
+    restored.build_for_features(2)
+    restored.load_weights(path)
+    for view in ("image", "text"):
+        np.testing.assert_array_equal(
+            np.asarray(restored.call(batch)[f"{view}_codes"]), np.asarray(model.call(batch)[f"{view}_codes"]))
+    assert restored.get_config() == config

@@ -184,6 +184,16 @@ def test_chnr_without_a_clean_subset_is_a_clear_error(finished_run):
         chnr.train(config, verbose=0)
 
 
+def test_chnr_with_trainable_encoder_tops_is_refused_before_anything_is_written(tmp_path):
+    data, features = make_store(tmp_path / "data")
+    workdir = tmp_path / "run"
+    config = store_config(data, features, str(workdir), method="chnr", image_trainable_stages=1)
+    with pytest.raises(ValueError, match="image_trainable_stages=1, text_trainable_layers=0: CHNR trains on "
+                                         "frozen features only"):
+        chnr.train(config, verbose=0)
+    assert not workdir.exists()
+
+
 def test_method_chnr_defaults_to_a_fifth_clean_subset():
     assert config_lib.config_from_flags("rsicd", {"method": "chnr"}).data.clean_fraction == 0.2
     assert config_lib.config_from_flags("rsicd", {"method": "chnr", "clean_fraction": 0.3}).data.clean_fraction == 0.3

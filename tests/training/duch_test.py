@@ -1,6 +1,8 @@
 """Tests for rs_hashing.training.duch: the DUCH driver's run folder, retrieval, resume
-and failure modes."""
+and failure modes; with trainable encoder tops (tower mode) on the tiny encoders."""
 
+import dataclasses
+import json
 import os
 
 import keras
@@ -9,10 +11,17 @@ import pytest
 import tensorflow as tf
 
 from rs_hashing import config as config_lib
+from rs_hashing.data import loaders
+from rs_hashing.data.image_augmenter import ImageAugmenter
+from rs_hashing.encoders.encoder_towers import EncoderTowers
 from rs_hashing.errors import TrainingError
+from rs_hashing.features.extraction import extract_features
+from rs_hashing.features.image_pipeline import load_image, load_pixels, resize_image
 from rs_hashing.hashing_model import HashingModel
 from rs_hashing.training import duch, evaluation, run_kit
-from tests.training.tiny_store import Killed, kill_after_checkpoint, make_store, store_config
+from rs_hashing.training.training_pairs import TrainingPairs
+from tests.training.tiny_store import (Killed, kill_after_checkpoint, make_image_archive, make_store, store_config,
+                                       tower_config)
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +98,93 @@ def test_missing_feature_store_is_a_clear_error(tmp_path):
     data, _ = make_store(tmp_path / "data")
     with pytest.raises(ValueError, match="features is empty"):
         duch.train(store_config(data, "", str(tmp_path / "run")), verbose=0)
+
+
+# ----------------------------------------------------------------------- trainable encoder tops
+
+
+@pytest.fixture(scope="module")
+def tower_store(tmp_path_factory):
+    """A float32 activation store of the tiny encoders cut before tiny_cnn's last
+    convolution and tiny_bert's last layer, on 32 real images (float32: the comparisons
+    with raw inputs below are then exact up to float rounding)."""
+    root = tmp_path_factory.mktemp("towers")
+    config = tower_config(make_image_archive(root), root, activation_dtype="float32", epochs=2)
+    extract_features(config, loaders.load_dataset(config.data), config.features.features, progress=False)
+    return config
+
+
+def _raw_batch(config, data, pairs, items, towers):
+    """The pairs (item positions `items`, their chosen captions) of a cached batch, from
+    raw inputs: image files and caption strings through the whole encoders, the frozen
+    bottom computed in the step as an uncached run would."""
+    dataset, store = data.dataset, data.store
+    images = data.split.train[pairs.item_ids[items]]
+    augmenter, size = ImageAugmenter(seed=config.features.augment_seed), config.features.image_size
+    pixels = tf.stack([load_image(tf.constant(dataset.image_path(i)), size) for i in images])
+    augmented = tf.stack([resize_image(tf.constant(augmenter.augment(
+        load_pixels(tf.constant(dataset.image_path(i))).numpy(), int(i))), size) for i in images])
+    rows = store.caption_offsets[images] + pairs.chosen[items] - pairs.pool_offsets[items]
+    with open(os.path.join(store.path, "captions.json"), encoding="utf-8") as f:
+        captions = json.load(f)
+    batch = {"image": towers.image_bottom(pixels), "image_aug": towers.image_bottom(augmented),
+             "index": pairs.item_ids[items].astype(np.int32), "pair_weights": pairs.pair_weights[pairs.chosen[items]]}
+    for view in ("text", "text_aug"):
+        batch[view], batch[f"{view}_mask"] = towers.text_inputs(tf.constant([captions[view][r] for r in rows]))
+    return batch
+
+
+def _tower_model(config, store, num_train):
+    image_tower, text_tower = run_kit.encoder_tops(config, store)
+    model = run_kit.build_model(config, store.image_dim, store.text_dim, num_train, image_tower=image_tower,
+                                text_tower=text_tower)
+    run_kit.compile_model(model, config)
+    return model
+
+
+def test_a_cached_and_an_uncached_run_give_the_same_loss(tower_store):
+    config = tower_store
+    data = run_kit.prepare(config)
+    pairs = TrainingPairs.from_store(data.store, data.split)
+    towers = EncoderTowers.of_config(config)
+    cached_model, raw_model = _tower_model(config, data.store, len(pairs)), _tower_model(config, data.store, len(pairs))
+    for step, items in enumerate((np.arange(0, 8), np.arange(8, 16))):
+        cached = pairs.batch(items, pairs.chosen[items])
+        raw = _raw_batch(config, data, pairs, items, towers)
+        # The cache holds what the bottom computes from the raw inputs.
+        np.testing.assert_allclose(cached["image_aug"], raw["image_aug"], atol=1e-5)
+        cached_loss = float(cached_model.train_step(cached)["loss"])
+        raw_loss = float(raw_model.train_step(raw)["loss"])
+        # At the second step (the trackers average both) heads and tops have been updated once.
+        assert cached_loss == pytest.approx(raw_loss, rel=1e-5), step
+
+
+def test_a_tower_run_gives_the_codes_of_its_raw_inputs_and_resumes(tower_store, tmp_path, monkeypatch):
+    config = tower_store
+    results = duch.train(config, verbose=0)
+    assert np.all(np.isfinite(run_kit.read_history(os.path.join(config.train.run_dir, "history.csv"))["loss"]))
+    assert set(results["map@20"]) == {"i2t", "t2i", "i2i", "t2t"}
+    codes = np.load(os.path.join(config.train.run_dir, "codes.npz"))
+    model = HashingModel.from_run(config.train.run_dir)
+    # The tuned tops are the run's, not the pretrained ones.
+    pretrained = EncoderTowers.of_config(config).image_top()
+    assert not np.allclose(model.heads.image_tower.get_weights()[0], pretrained.get_weights()[0])
+    data = run_kit.prepare(config)
+    dataset, split = data.dataset, data.split
+    for part, images in (("query", split.query), ("database", split.database)):
+        image_codes = model.encode_images([dataset.image_path(i) for i in images]).codes
+        np.testing.assert_array_equal(image_codes, codes[f"{part}_image"])
+        texts, _ = dataset.flat_captions()
+        chosen = split.chosen_caption_index(dataset.caption_offsets(), images)
+        np.testing.assert_array_equal(model.encode_texts([texts[i] for i in chosen]).codes, codes[f"{part}_text"])
+
+    # A run killed after its first epoch resumes (tops and their optimizer included) to
+    # the same codes.
+    resumed = dataclasses.replace(config, train=dataclasses.replace(config.train, run_dir=str(tmp_path / "resumed")))
+    kill_after_checkpoint(monkeypatch, 1)
+    with pytest.raises(Killed):
+        duch.train(resumed, verbose=0)
+    assert duch.train(resumed, verbose=0)["resumed_from_epoch"] == 1
+    resumed_codes = np.load(os.path.join(resumed.train.run_dir, "codes.npz"))
+    for key in evaluation.CODE_KEYS:
+        np.testing.assert_array_equal(resumed_codes[key], codes[key])

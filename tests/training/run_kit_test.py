@@ -4,12 +4,16 @@
 import pytest
 
 from rs_hashing import config as config_lib
+from rs_hashing.data import loaders
+from rs_hashing.encoders.encoder_towers import EncoderTowers
+from rs_hashing.errors import FeatureStoreError
+from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.training import run_kit
 from rs_hashing.training.binary_target_updater import BinaryTargetUpdater
 from rs_hashing.training.callbacks import StepDecay
 from rs_hashing.training.training_pairs import TrainingPairs
 from tests import testing
-from tests.training.tiny_store import FakeStore, fake_split
+from tests.training.tiny_store import FakeStore, fake_split, make_store, store_config
 
 
 def test_learning_rate_schedule():
@@ -63,3 +67,53 @@ def test_compile_model_takes_jit_compile_from_the_config():
         model = run_kit.build_model(config, 12, 10, 20)
         run_kit.compile_model(model, config)
         assert model.jit_compile is jit
+
+
+
+def test_a_store_made_for_another_cut_of_the_encoders_is_refused(tmp_path):
+    data, features = make_store(tmp_path / "data")
+
+    def config(**overrides):
+        return config_lib.apply_overrides(store_config(data, features, str(tmp_path / "run")), overrides)
+
+    towers = config(image_trainable_stages=1, text_trainable_layers=1)
+    with pytest.raises(FeatureStoreError, match=r"holds frozen features \(image_trainable_stages=0, "
+                                                r"text_trainable_layers=0\), but the config trains on the "
+                                                r"activations of image_trainable_stages=1, text_trainable_layers=1"):
+        run_kit.prepare(towers)
+    # The same store rewritten as the activations of another cut.
+    frozen = FeatureStore.open(features)
+    arrays = {name: getattr(frozen, name) for name in ("image", "image_aug", "text", "text_aug")}
+    cut = {"image_trainable_stages": 2, "text_trainable_layers": 0, "image_cut": "conv1", "text_cut": None,
+           "dtype": "float16", "image_dim": 12, "text_dim": 10}
+    FeatureStore.write(features, arrays, loaders.load_dataset(data, check_images=False), {"towers": cut})
+    with pytest.raises(FeatureStoreError, match=r"holds the activations of image_trainable_stages=2, "
+                                                r"text_trainable_layers=0 in float16, but the config trains on the "
+                                                r"activations of image_trainable_stages=1, text_trainable_layers=1"):
+        run_kit.prepare(towers)
+    with pytest.raises(FeatureStoreError, match="but the config trains on frozen features"):
+        run_kit.prepare(config())
+    with pytest.raises(FeatureStoreError, match="in float16, but the config trains on the activations of "
+                                                "image_trainable_stages=2, text_trainable_layers=0 in float32"):
+        run_kit.prepare(config(image_trainable_stages=2, activation_dtype="float32"))
+    assert run_kit.prepare(config(image_trainable_stages=2)).store.cut() == (2, 0)
+
+
+def test_the_tops_learn_at_a_fraction_of_the_heads_rate_on_the_same_schedule(tmp_path):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    config = testing.tiny_config(image_trainable_stages=1, text_trainable_layers=1, tower_learning_rate_factor=0.25,
+                                 lr_decay_epochs=(1,))
+    towers = EncoderTowers.of_config(config)
+    model = run_kit.build_model(config, 16, 16, 6, image_tower=towers.image_top(), text_tower=towers.text_top())
+    run_kit.compile_model(model, config)
+    rate = config.train.learning_rate
+    assert float(model.tower_optimizer.learning_rate) == pytest.approx(0.25 * rate)
+    pairs = TrainingPairs.from_store(FakeStore([1] * 12), fake_split(12, [0] * 12))
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "checkpoints"), max_to_keep=1)
+    epoch = tf.Variable(0, dtype=tf.int64)
+    callbacks = run_kit.hashing_callbacks(model, config, pairs, str(tmp_path), manager, epoch, epochs=2, first_epoch=0)
+    schedules = {id(c.optimizer): c.schedule for c in callbacks if isinstance(c, StepDecay)}
+    assert schedules[id(model.tower_optimizer)](1) == pytest.approx(0.25 * 0.8 * rate)
+    assert schedules[id(model.hash_optimizer)](1) == pytest.approx(0.8 * rate)
+    assert run_kit.hashing_checkpoint_objects(model, epoch)["tower_optimizer"] is model.tower_optimizer

@@ -3,6 +3,7 @@ the run-folder faults and the `rs-hashing train` command)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -37,6 +38,29 @@ def make_store(root, per_class: int = 24, seed: int = 0) -> tuple[config_lib.Dat
               "text": caption_latent @ to_text, "text_aug": (caption_latent - 0.1) @ to_text}
     FeatureStore.write(str(root / "features"), arrays, dataset, {})
     return data, str(root / "features")
+
+
+def make_image_archive(root, per_class: int = 8, seed: int = 0) -> config_lib.DataConfig:
+    """A caption archive of real 16 x 16 px images (4 classes, a base colour each plus
+    texture, 2 captions per image) for tests that run the tiny encoders on pixels (tower
+    mode: extraction, training, raw-input parity). Returns its data config."""
+    rng = np.random.default_rng(seed)
+    items = [{"filename": f"{c}_{i}.jpg", "captions": [f"a {c} near many green trees {i}", f"the {c} is near a road"]}
+             for c in CLASSES for i in range(per_class)]
+    caption_file = testing.write_karpathy(str(root), items)
+    for number, item in enumerate(items):
+        base = (40, 100, 160, 220)[number // per_class]
+        pixels = np.clip(base + rng.normal(0, 40, size=(16, 16, 3)), 0, 255).astype(np.uint8)
+        testing.Image.fromarray(pixels).save(os.path.join(root, "RSICD_images", item["filename"]))
+    return config_lib.DataConfig(dataset="karpathy", caption_file=caption_file, image_dir=str(root / "RSICD_images"))
+
+
+def tower_config(data: config_lib.DataConfig, root, stages: int = 1, layers: int = 1, **overrides) -> config_lib.Config:
+    """tests/testing.py's tiny config (tiny_cnn, tiny_bert) on `data` with trainable tops
+    (`stages` image stages, `layers` text layers), its store and run folder under `root`."""
+    config = testing.tiny_config(**{"image_trainable_stages": stages, "text_trainable_layers": layers,
+                                    "features": str(root / "store"), "run_dir": str(root / "run"), **overrides})
+    return dataclasses.replace(config, data=data)
 
 
 def store_config(data: config_lib.DataConfig, features: str, workdir: str, **overrides) -> config_lib.Config:
