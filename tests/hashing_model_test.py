@@ -158,3 +158,46 @@ def test_feature_width_mismatch_is_a_clear_error(run_dir, model):
     other = HashingModel(run_dir, model.config, wrong, model.encoders)
     with pytest.raises(ValueError, match="16-d features but the image head of .* was trained on 32-d"):
         other.encode_images([np.zeros((8, 8, 3), np.uint8)])
+
+
+# ----------------------------------------------------------------------- fine-tuned encoder tops
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory):
+    return tiny_run.make_tiny_run(str(tmp_path_factory.mktemp("tuned")), saved_encoders=True, towers=(1, 1))
+
+
+def test_a_tuned_run_encodes_through_the_frozen_bottom_the_tuned_top_and_the_head(tmp_path, tuned_run):
+    model = HashingModel.from_run(tuned_run)
+    towers = model.towers
+    assert model.heads.image_tower is not None and model.heads.text_tower is not None
+    paths = tiny_run.write_images(str(tmp_path), count=3)
+    pixels = np.stack([load_image(tf.constant(p), tiny_run.IMAGE_SIZE).numpy() for p in paths])
+    # By hand: the bottom (the encoder up to tiny_cnn's last convolution), the run's tuned
+    # copy of that convolution, the head.
+    activations = towers.image_bottom(pixels)
+    expected = np.asarray(model.heads.image_head(model.heads.image_tower(activations)))
+    np.testing.assert_allclose(model.image_hash_from_files(paths), expected, atol=1e-6)
+    # ... which is not what the pretrained top gives.
+    pretrained = np.asarray(model.heads.image_head(towers.image_top()(activations)))
+    assert np.abs(pretrained - expected).max() > 1e-2
+    captions = list(tiny_run.CAPTIONS)
+    states = towers.encode_text_states(captions)
+    tuned_top = {"states": states["states"], "padding_mask": states["padding_mask"].astype("int32")}
+    expected_text = np.asarray(model.heads.text_head(model.heads.text_tower(tuned_top)))
+    np.testing.assert_allclose(model.text_hash(captions), expected_text, atol=1e-5)
+    np.testing.assert_array_equal(model.encode_texts(captions).codes, _signs(expected_text))
+    tokens = model.text_encoder.tokenize(captions)
+    np.testing.assert_allclose(model.token_hash_graph(tokens["token_ids"], tokens["padding_mask"]), expected_text,
+                               atol=1e-5)
+
+
+def test_a_config_that_cuts_other_encoders_than_the_trained_model_is_refused(tmp_path, tuned_run):
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(tuned_run, workdir)
+    config = config_lib.apply_overrides(config_lib.load_config(workdir), {"text_trainable_layers": 0})
+    config_lib.save_config(config, workdir)
+    with pytest.raises(ValueError, match="the text encoder is frozen in config.json, but the trained model has a "
+                                         "text tower"):
+        HashingModel.from_run(workdir)

@@ -270,6 +270,24 @@ def test_predict_round_trip_matches_the_keras_model(server, hashing_model, tmp_p
     _check_outputs(outputs, hashing_model.image_hash_from_pixels(resized))
 
 
+def test_a_fine_tuned_run_serves_the_codes_of_its_tuned_tops(tmp_path_factory, tmp_path):
+    tuned = tiny_run.tuned_tower_model(str(tmp_path_factory.mktemp("tuned")))
+    server = SignatureSession(serving_export.export_savedmodel(tuned, str(tmp_path / "serving")))
+    captions = list(tiny_run.CAPTIONS)
+    for signature in ("encode_text", "serving_default"):
+        outputs = _response(server.predict(_request(signature, {"text": np.array(captions, dtype=object)})))
+        _check_outputs(outputs, tuned.text_hash(captions))
+    images = [open(p, "rb").read() for p in tiny_run.write_images(str(tmp_path / "images"), count=4)]
+    outputs = _response(server.predict(_request("encode_image", {"image_bytes": np.array(images, dtype=object)})))
+    reference = tuned.image_hash_from_bytes(images)
+    _check_outputs(outputs, reference)
+    pixels = np.stack([tuned.preprocess_image_bytes(image) for image in images])
+    # The pretrained top would give other codes: the export holds the tuned one.
+    activations = tuned.towers.image_bottom(pixels)
+    pretrained = np.asarray(tuned.heads.image_head(tuned.towers.image_top()(activations)))
+    assert np.abs(pretrained - reference).max() > 1e-2
+
+
 def test_loaded_signatures_give_the_same_codes(export_path, server, hashing_model):
     loaded = tf.saved_model.load(export_path)
     function = loaded.signatures["encode_text"]

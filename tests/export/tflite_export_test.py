@@ -169,3 +169,20 @@ def test_rsicd_fp32_and_fp16_agree_on_999_of_1000_bits(tmp_path):
     for q, report in reports.items():
         assert report["agreement"]["bit_agreement"] >= 0.999, (q, report["agreement"])
     assert reports["fp16"]["bytes"] <= 0.55 * reports["fp32"]["bytes"]
+
+
+def test_a_fine_tuned_run_converts_with_its_tuned_tops_and_full_agreement(tmp_path_factory, tmp_path, sample):
+    tuned = tiny_run.tuned_tower_model(str(tmp_path_factory.mktemp("tuned")))
+    out = str(tmp_path / "edge" / "codes.tflite")
+    report = tflite_export.export_tflite(tuned, out, "fp32", sample=sample)
+    assert report["agreement"]["bit_agreement"] == 1.0 and report["agreement"]["max_abs_hash_difference"] < 1e-4
+    assert report["text_model"]["agreement"]["bit_agreement"] == 1.0
+    runner = Interpreter(model_path=out).get_signature_runner(tflite_export.SIGNATURE_KEY)
+    pixels = _pixels(tuned, sample.paths)
+    reference = tuned.image_hash_from_pixels(pixels)
+    np.testing.assert_allclose(runner(image=pixels)["hash"], reference, atol=1e-4)
+    pretrained = np.asarray(tuned.heads.image_head(tuned.towers.image_top()(tuned.towers.image_bottom(pixels))))
+    assert np.abs(pretrained - reference).max() > 1e-2  # the file holds the tuned top, not the pretrained one
+    text_runner = Interpreter(model_path=tflite_export.text_model_path(out)).get_signature_runner()
+    tokens = {k: v.numpy() for k, v in tuned.text_encoder.tokenize(list(tiny_run.CAPTIONS)).items()}
+    np.testing.assert_allclose(text_runner(**tokens)["hash"], tuned.text_hash(list(tiny_run.CAPTIONS)), atol=1e-4)
