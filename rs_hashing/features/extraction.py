@@ -7,6 +7,7 @@ encoders' frozen bottoms instead of their features, in `features.activation_dtyp
 
 from __future__ import annotations
 
+import json
 import os
 
 from rs_hashing import config as config_lib
@@ -84,7 +85,9 @@ def _finished_store(out_dir: str, dataset: CaptionDataset, info: dict) -> Featur
     made_with = {key: store.manifest.get(key) for key in ENCODER_INFO_KEYS}
     if made_with["towers"]:  # The writer added the arrays' shapes.
         made_with["towers"] = {k: v for k, v in made_with["towers"].items() if k not in SHAPE_KEYS}
-    return store if made_with == {key: info.get(key) for key in ENCODER_INFO_KEYS} else None
+    # Compared as JSON gives them back: the manifest's lists are the info's tuples.
+    wanted = json.loads(json.dumps({key: info.get(key) for key in ENCODER_INFO_KEYS}))
+    return store if made_with == wanted else None
 
 
 def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir: str,

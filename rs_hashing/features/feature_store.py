@@ -135,6 +135,9 @@ class FeatureStore:
         if os.path.exists(manifest_path):
             os.remove(manifest_path)  # Incomplete until the new manifest lands.
         towers = info.get("towers")
+        if not towers and any(np.ndim(arrays[name]) != 2 for name in ARRAYS):
+            raise ValueError(f"{path}: arrays of per-item activations need info['towers'] (the cut, dtype and "
+                             f"widths of the tops); got shapes {[np.shape(arrays[name]) for name in ARRAYS]}")
         dtype = towers["dtype"] if towers else np.float32
         for name in ARRAYS:
             save_array_atomic(os.path.join(path, f"{name}.npy"), np.asarray(arrays[name], dtype))

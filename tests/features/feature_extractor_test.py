@@ -185,3 +185,80 @@ def test_other_formats_are_refused_by_name(tmp_path):
     with pytest.raises(DatasetError, match=r"1 image\(s\) cannot be decoded:\n  .*beach_3.jpg: not a readable "
                                            r"JPEG, PNG, GIF or BMP image \(WEBP\)"):
         _extractor().extract(dataset, str(tmp_path / "store"), {})
+
+
+# ----------------------------------------------------------------------- activations for trainable tops
+
+
+class _Towers:
+    """The tiny encoders cut before tiny_cnn's last convolution and tiny_bert's last layer."""
+
+    def __init__(self):
+        from rs_hashing.encoders.encoder_towers import EncoderTowers  # pylint: disable=import-outside-toplevel
+        from rs_hashing.encoders.frozen_encoders import FrozenEncoders  # pylint: disable=import-outside-toplevel
+
+        self.towers = EncoderTowers(FrozenEncoders(testing.tiny_config().features), 1, 1)
+        self.calls = 0
+
+    def encode(self, texts, batch_size):
+        self.calls += 1
+        return self.towers.encode_text_states(texts, batch_size)
+
+
+TOWERS_INFO = {"towers": {"image_trainable_stages": 1, "text_trainable_layers": 1, "dtype": "float16",
+                          "image_dim": 16, "text_dim": 16}}
+
+
+def _tower_extractor(text_encoder, batch_size=4, shard_size=4):
+    return FeatureExtractor(text_encoder.towers.image_bottom, text_encoder, 16, lambda image, i: image[::-1].copy(),
+                            lambda caption, i: caption + " indeed", batch_size=batch_size, shard_size=shard_size,
+                            progress=False, dtype="float16")
+
+
+def test_activations_are_cached_in_float16_with_masks_trimmed_to_the_longest_caption(tmp_path):
+    dataset = _dataset(tmp_path / "data")
+    text_encoder = _Towers()
+    store = _tower_extractor(text_encoder).extract(dataset, str(tmp_path / "store"), TOWERS_INFO)
+    towers = text_encoder.towers
+    assert store.image.dtype == np.float16 and store.image.shape == (10, 8, 8, 8)
+    pixels = tf.stack([load_image(tf.constant(dataset.image_path(i)), 16) for i in (0, 7)])
+    np.testing.assert_allclose(store.image[[0, 7]], towers.image_bottom(pixels), rtol=2e-3, atol=1e-3)
+    # "a forest near water indeed": [CLS] + 5 word pieces + [SEP] is the longest of 7 tokens.
+    texts, _ = dataset.flat_captions()
+    assert store.text.shape == (20, 7, 16) and store.text_mask.shape == (20, 7)
+    direct = towers.encode_text_states(texts)
+    np.testing.assert_array_equal(store.text_mask, direct["padding_mask"][:, :7])
+    np.testing.assert_allclose(store.text, direct["states"][:, :7], rtol=2e-3, atol=1e-3)
+    augmented = towers.encode_text_states([text + " indeed" for text in texts])
+    np.testing.assert_array_equal(store.text_aug_mask, augmented["padding_mask"][:, :7])
+    assert store.towers["text_shape"] == [7, 16] and store.towers["image_shape"] == [8, 8, 8]
+
+
+def test_a_killed_extraction_of_token_states_resumes_with_their_masks(tmp_path):
+    dataset = _dataset(tmp_path / "data")
+    text_encoder = _Towers()
+    original = text_encoder.encode
+
+    def dies_on_second_chunk(texts, batch_size):
+        if text_encoder.calls == 1:
+            raise KeyboardInterrupt("killed")
+        return original(texts, batch_size)
+
+    # Shards of one image and chunks of 4 captions: the 8 unique captions take 2 chunks.
+    text_encoder.encode = dies_on_second_chunk
+    with pytest.raises(KeyboardInterrupt):
+        _tower_extractor(text_encoder, 1, 1).extract(dataset, str(tmp_path / "store"), TOWERS_INFO)
+    shards = sorted(os.listdir(tmp_path / "store" / "shards"))
+    assert "text_00000.npy" in shards and "text_mask_00000.npy" in shards and "text_00001.npy" not in shards
+    text_encoder.encode = original
+    store = _tower_extractor(text_encoder, 1, 1).extract(dataset, str(tmp_path / "store"), TOWERS_INFO)
+    assert text_encoder.calls == 2  # the first chunk was not encoded again
+    fresh = _tower_extractor(_Towers()).extract(dataset, str(tmp_path / "fresh"), TOWERS_INFO)
+    np.testing.assert_array_equal(store.text_mask, fresh.text_mask)
+    np.testing.assert_allclose(store.text_aug, fresh.text_aug, atol=1e-3)
+
+
+def test_activations_without_their_cut_are_not_written_as_features(tmp_path):
+    dataset = _dataset(tmp_path / "data")
+    with pytest.raises(ValueError, match=r"arrays of per-item activations need info\['towers'\]"):
+        _tower_extractor(_Towers()).extract(dataset, str(tmp_path / "store"), {})
