@@ -6,7 +6,9 @@ r"""Extracts frozen encoder features of a dataset into a feature store.
 Resumes a killed run (finished shards are kept); a finished store of the same data and
 encoder settings is reused. Encoders, image size, encoder batch and precision are
 config flags (--image_encoder, --text_encoder, --image_size, --encode_batch_size,
---precision, ...).
+--precision, ...). With --image_trainable_stages or --text_trainable_layers above 0 the
+store caches the activations entering the encoders' trainable tops instead of their
+features (--activation_dtype, float16 by default); train with the same flags.
 """
 
 import json
@@ -35,4 +37,5 @@ def main(argv):
     size_mb = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".npy")) / 2**20
     print(json.dumps({"store": out, "images": store.num_images, "captions": len(store.text),
                       "image_dim": store.image_dim, "text_dim": store.text_dim,
-                      "store_mb": round(size_mb, 1), **store.manifest.get("extraction", {})}, indent=2))
+                      "store_mb": round(size_mb, 1), **({"towers": store.towers} if store.towers else {}),
+                      **store.manifest.get("extraction", {})}, indent=2))

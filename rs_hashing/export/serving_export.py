@@ -32,9 +32,11 @@ request itself). A failure to decode one item cannot be caught by graph ops; the
 are therefore decoded in an in-graph tf.data pipeline that drops the failures
 (`ignore_errors`), and the first missing index is reported.
 
-Captions are tokenised inside the graph (keras-hub's BERT tokenizer on TensorFlow Text
-ops); images are decoded and resized inside the graph by `features.image_pipeline`,
-the function that made the training features, so serving sees what training saw.
+The endpoints encode through `HashingModel`'s graph functions, so a run that fine-tuned
+the tops of its encoders (tower mode) serves its tuned tops. Captions are tokenised
+inside the graph (keras-hub's BERT tokenizer on TensorFlow Text ops); images are decoded
+and resized inside the graph by `features.image_pipeline`, the function that made the
+training features, so serving sees what training saw.
 Loading the SavedModel in Python needs `import tensorflow_text` first (it registers the
 tokenizer's ops); see docs/serving.md for the model server.
 

@@ -17,6 +17,9 @@
   preprocessing and, for the image model, through the edge runtime's own decoding and
   resizing too (`edge_encoder`), for each JPEG decoder available.
 
+A run that fine-tuned the tops of its encoders (tower mode) converts with its tuned tops:
+both models go through `HashingModel`'s graph functions (frozen bottom, tuned top, head).
+
 Only TFLite builtin operators are allowed (the pip runtimes have no Flex delegate); the
 conversion fails otherwise. `int8` calibrates on a representative set of images
 (captions for the text model) and is refused, with the measured figure, when fewer

@@ -11,7 +11,7 @@ import pytest
 
 from rs_hashing import config as config_lib
 from tests import testing
-from tests.training.tiny_store import make_store
+from tests.training.tiny_store import make_image_archive, make_store
 
 # 4 balanced classes, 9 queries: random 16-bit codes give an authors' mAP@20 of 0.30 on
 # average, 0.37 in the luckiest 1% of draws.
@@ -83,3 +83,30 @@ def test_train_chnr(store, tmp_path):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     history = np.genfromtxt(os.path.join(run_dir, "history.csv"), delimiter=",", names=True)
     assert len(history) == 25 and np.all(history["adversarial"] == 0.0)  # CHNR's loss set
+
+
+def test_extract_and_train_with_trainable_encoder_tops(tmp_path):
+    data = make_image_archive(tmp_path / "archive")
+    features, run_dir = str(tmp_path / "store"), str(tmp_path / "run")
+    tops = ("--image_trainable_stages=1", "--text_trainable_layers=1")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    extracted = subprocess.run(
+        [sys.executable, "-m", "rs_hashing.cli", "extract-features", "--preset=smoke", "--dataset=karpathy",
+         f"--caption_file={data.caption_file}", f"--image_dir={data.image_dir}", f"--features={features}",
+         "--image_size=16", *tops], cwd=testing.REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert extracted.returncode == 0, extracted.stderr[-3000:]
+    summary = json.loads(extracted.stdout[extracted.stdout.index("{"):])
+    assert (summary["towers"]["image_cut"], summary["towers"]["text_cut"]) == ("conv2", "transformer_layer_1")
+    assert summary["towers"]["dtype"] == "float16" and summary["image_dim"] == 16
+    # Training on another cut than the store's is refused with both named.
+    refused = _train(data, features, run_dir, "--image_size=16", "--image_trainable_stages=2",
+                     "--text_trainable_layers=1", "--epochs=2")
+    assert refused.returncode != 0 and "image_trainable_stages=1, text_trainable_layers=1 in float16, but the " \
+        "config trains on the activations of image_trainable_stages=2" in refused.stderr
+    assert not os.path.exists(run_dir)
+    result = _train(data, features, run_dir, "--image_size=16", *tops, "--epochs=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = config_lib.load_config(run_dir)
+    assert (config.model.image_trainable_stages, config.model.text_trainable_layers) == (1, 1)
+    history = np.genfromtxt(os.path.join(run_dir, "history.csv"), delimiter=",", names=True)
+    assert len(history) == 3 and np.all(np.isfinite(history["loss"]))
