@@ -91,7 +91,7 @@ def test_zero_weight_removes_a_pairs_term_exactly():
     assert terms["contrastive_inter"] == pytest.approx(per_item[[0, 2, 3]].mean(), rel=1e-5)
     targets = np.asarray(model.binary_targets)[:4]
     quantization = np.mean([np.mean((v - targets) ** 2) for v in codes.values()])
-    l2 = 0.5 * model.hash_l2 * sum(float(np.sum(np.square(v))) for v in model._hash_variables())
+    l2 = 0.5 * model.hash_l2 * sum(float(np.sum(np.square(v))) for v in model._head_variables())
     # CHNR's objective: weighted inter-modal term + quantisation only.
     expected = per_item[[0, 2, 3]].mean() + model.quantization_weight * quantization + l2
     assert terms["loss"] == pytest.approx(expected, rel=1e-5)
