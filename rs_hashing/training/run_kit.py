@@ -3,8 +3,9 @@ callbacks, `fit` and the finished run folder.
 
 A driver is a short script over this kit: `prepare` (dataset, validated feature store,
 protocol split, noise), `start_run` (the folder's rules, below), `encoder_tops` (the
-trainable encoder tops of tower mode, if any), `build_model` and `compile_model`, `restore_checkpoint` of `hashing_checkpoint_objects`, `fit_hashing`
-with `hashing_callbacks`, and `finish_run`. A run folder holds:
+trainable encoder tops of tower mode, if any), `build_model` and `compile_model`,
+`restore_checkpoint` of `hashing_checkpoint_objects`, `fit_hashing` with
+`hashing_callbacks`, and `finish_run`. A run folder holds:
 
     config.json            the resolved configuration
     checkpoints/           the last good epoch (model, both optimizers, epoch counter);
