@@ -143,7 +143,7 @@ def test_help_explains_every_flag_with_the_presets_default():
             in text)
     assert "(default: rsicd; allowed: one of sentinel2_default, rsicd," in text
     assert "--lr_decay_epochs: Epochs after which the learning rate is multiplied by lr_decay" in text
-    assert "(default: 1,51; allowed: a list of integers >= 0)" in text
+    assert "(default: 1,51;\n        allowed: a list of integers >= 0)" in text
     assert "--adversarial_weight:" in text and "(default: unset; allowed: a number >= 0)" in text
     sections = [line.strip() for line in text.splitlines() if line in ("  data:", "  features:", "  model:",
                                                                         "  train:")]
