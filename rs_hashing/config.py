@@ -332,7 +332,10 @@ class TrainConfig:
         "training", "Codes the binary quantisation targets are refreshed from at each epoch's end: the "
         "codes of the epoch's own training steps (as the authors), or an extra inference-mode pass over "
         "every training item", OneOf(TARGET_CODES))
-    jit_compile: bool = _field(False, "Compile the training step with XLA")
+    jit_compile: bool = _field(
+        False, "Compile the training step with XLA (Keras turns XLA off while op determinism is on, "
+        "which rs-hashing train always turns on so that a resumed run ends bit for bit as an "
+        "uninterrupted one: this is for library use)")
     seed: int = _field(0, "Seed of Keras, numpy and Python for training (weights, batches, dropout)",
                        NON_NEGATIVE)
     checkpoint_every: int = _field(1, "Save a checkpoint every this many epochs (and after the last)",
