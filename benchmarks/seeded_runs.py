@@ -85,9 +85,9 @@ def train_or_reuse(config: config_lib.Config, preset: str, python: str = sys.exe
             child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}); see {run_dir}/train.log")
+        exit_code = os.waitstatus_to_exitcode(status)
+        if exit_code != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({exit_code}); see {run_dir}/train.log")
         write_json_atomic(process_path, {
             "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "command": command})
