@@ -332,6 +332,10 @@ class TrainConfig:
         "training", "Codes the binary quantisation targets are refreshed from at each epoch's end: the "
         "codes of the epoch's own training steps (as the authors), or an extra inference-mode pass over "
         "every training item", OneOf(TARGET_CODES))
+    straight_through_epochs: int = _field(
+        0, "Last epochs (counted across both phases for CHNR) in which the contrastive terms see the codes' "
+        "signs forward and pass the continuous codes' gradient back (straight-through), so that training "
+        "ranks as Hamming retrieval does; 0: the papers' continuous codes throughout", NON_NEGATIVE)
     jit_compile: bool = _field(
         False, "Compile the training step with XLA (Keras turns XLA off while op determinism is on, "
         "which rs-hashing train always turns on so that a resumed run ends bit for bit as an "

@@ -319,6 +319,9 @@ class CrossModalHashingModel(keras.Model):
         # The epoch's training-step codes (target_codes="training"): kept out of the
         # model's weights and checkpoints (a resumed run restarts the epoch anyway).
         self._epoch_codes = _EpochCodes(self.num_train, self.bits)
+        # 1.0 while the contrastive terms see the codes' signs (straight-through); set
+        # per epoch by the training callbacks, untracked like the epoch codes.
+        self._straight_through = _Switch()
         # Step-time randomness (gradient-penalty interpolation) comes only from here.
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="step_seed_generator")
         self._trackers = {name: keras.metrics.Mean(name=name) for name in TERM_NAMES}
@@ -528,19 +531,23 @@ class CrossModalHashingModel(keras.Model):
         image_codes, image_codes_aug = codes["image_codes"], codes["image_codes_aug"]
         text_codes, text_codes_aug = codes["text_codes"], codes["text_codes_aug"]
         zero = ops.zeros((), dtype=image_codes.dtype)
+        # The contrastive terms rank as retrieval will: with the switch on, they see
+        # sign(h) forward and pass h's gradient back (straight-through); the
+        # adversarial, quantisation and bit-balance terms keep the continuous codes.
+        ranked = {name: self._straight_through.apply(codes[name]) for name in VIEW_CODE_NAMES}
 
         # Pair weights judge image-caption correspondence, so they scale only the
         # inter-modal term; the intra-modal terms compare an item with itself.
         contrastive_inter = weighted_mean(
-            nt_xent_loss(image_codes, text_codes, self.temperature),
+            nt_xent_loss(ranked["image_codes"], ranked["text_codes"], self.temperature),
             batch.get("pair_weights"),
             normalize_by=self.pair_weight_norm,
         )
         contrastive_intra_image = weighted_mean(
-            nt_xent_loss(image_codes, image_codes_aug, self.temperature)
+            nt_xent_loss(ranked["image_codes"], ranked["image_codes_aug"], self.temperature)
         )
         contrastive_intra_text = weighted_mean(
-            nt_xent_loss(text_codes, text_codes_aug, self.temperature)
+            nt_xent_loss(ranked["text_codes"], ranked["text_codes_aug"], self.temperature)
         )
 
         if self.use_adversarial:
@@ -756,6 +763,16 @@ class CrossModalHashingModel(keras.Model):
             for start in range(0, length, _TARGET_UPDATE_BATCH_SIZE)
         )
 
+    def set_straight_through(self, enabled: bool) -> None:
+        """From the next step on, the contrastive terms see sign(code) in the forward pass
+        and the continuous code's gradient (straight-through estimator), or, disabled,
+        the continuous codes (the papers'). sign(0) = +1, as the codes' sign."""
+        self._straight_through.set(enabled)
+
+    @property
+    def straight_through(self) -> bool:
+        return self._straight_through.enabled
+
     def refresh_binary_targets(self) -> np.ndarray:
         """Sets the binary target of every item trained on since the last refresh to the
         sign of the mean of its four view codes from its (last) training step, as the
@@ -890,3 +907,25 @@ class _EpochCodes:
         seen, codes = self.seen.numpy(), self.codes.numpy()
         self.seen.assign(tf.zeros_like(self.seen))
         return seen, codes
+
+
+class _Switch:
+    """A 0/1 flag read inside the compiled train step (a variable, so flipping it does
+    not retrace); untracked like `_EpochCodes`: it is set again at every epoch's start."""
+
+    def __init__(self):
+        self.value = tf.Variable(0.0, trainable=False, name="straight_through")
+
+    def set(self, enabled: bool) -> None:
+        self.value.assign(1.0 if enabled else 0.0)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.value.numpy())
+
+    def apply(self, codes: Any) -> Any:
+        """codes + on x stop_gradient(sign(codes) - codes): the signs forward, the
+        identity's gradient back, when on; the codes unchanged when off."""
+        signs = ops.where(codes >= 0, 1.0, -1.0)
+        gate = ops.cast(self.value, codes.dtype)
+        return codes + gate * ops.stop_gradient(ops.cast(signs, codes.dtype) - codes)

@@ -28,6 +28,18 @@ class StepDecay(keras.callbacks.Callback):
         self.optimizer.learning_rate.assign(self.schedule(epoch))
 
 
+class StraightThrough(keras.callbacks.Callback):
+    """Turns the model's straight-through contrastive codes on from epoch `start` (0-based)
+    on, and off before it; set at every epoch's start, so a resumed run agrees."""
+
+    def __init__(self, model, start: int):
+        super().__init__()
+        self.hashing_model, self.start = model, start
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.hashing_model.set_straight_through(epoch >= self.start)
+
+
 class NanGuard(keras.callbacks.Callback):
     """Stops with a clear error at the first non-finite loss; the checkpoint on disk is
     then still the last good epoch, because checkpoints are written only at epoch end."""

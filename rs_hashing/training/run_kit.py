@@ -76,7 +76,8 @@ from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 from rs_hashing.training import evaluation
 from rs_hashing.training.binary_target_updater import BinaryTargetUpdater
-from rs_hashing.training.callbacks import EpochCheckpoint, HistoryLog, NanGuard, StepDecay, _read_rows
+from rs_hashing.training.callbacks import (EpochCheckpoint, HistoryLog, NanGuard, StepDecay, StraightThrough,
+                                          _read_rows)
 from rs_hashing.training.run_folder import TENSORBOARD, check_feature_settings, check_tower_cut
 from rs_hashing.training.training_pairs import TrainingPairs
 from rs_hashing.training.weights_file import weights_file_bytes
@@ -222,8 +223,11 @@ def hashing_callbacks(model: CrossModalHashingModel, config: config_lib.Config, 
     tower_decay = ([StepDecay(model.tower_optimizer,
                               lambda epoch: learning_rate_at(t, epoch) * t.tower_learning_rate_factor)]
                    if model.tower_optimizer is not None else [])
+    # Epochs are counted across CHNR's two phases, so its last epochs are phase 2's.
+    last_epoch = t.phase1_epochs + t.phase2_epochs if config.model.method == "chnr" else t.epochs
     return tower_decay + [
         StepDecay(model.hash_optimizer, lambda epoch: learning_rate_at(t, epoch)),
+        StraightThrough(model, last_epoch - t.straight_through_epochs),
         BinaryTargetUpdater(target_views),
         NanGuard(manager.directory),
         # The epoch's history row before its checkpoint: a run killed in between resumes

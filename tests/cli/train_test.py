@@ -53,11 +53,14 @@ def _finished(run_dir: str, result) -> dict:
 def test_train_duch(store, tmp_path):
     data, features = store
     run_dir = str(tmp_path / "duch")
-    metrics = _finished(run_dir, _train(data, features, run_dir, "--method=duch", "--epochs=25"))
+    # The last 5 epochs rank by straight-through signs: the compiled step reads the switch.
+    metrics = _finished(run_dir, _train(data, features, run_dir, "--method=duch", "--epochs=25",
+                                        "--straight_through_epochs=5"))
     assert (metrics["epochs"], metrics["resumed_from_epoch"]) == (25, 0)
     assert "detector" not in metrics and not os.path.exists(os.path.join(run_dir, "detector.json"))
     config = config_lib.load_config(run_dir)
     assert (config.model.method, config.train.epochs, config.data.clean_fraction) == ("duch", 25, 0.0)
+    assert config.train.straight_through_epochs == 5
     history = np.genfromtxt(os.path.join(run_dir, "history.csv"), delimiter=",", names=True)
     assert len(history) == 25 and np.all(np.isfinite(history["loss"]))
     assert history["contrastive_inter"][-1] < history["contrastive_inter"][0]

@@ -394,6 +394,53 @@ def test_count_normalised_pair_weights_as_the_authors_chnr():
         make_model(pair_weight_norm="sum")
 
 
+def test_straight_through_ranks_the_signs_and_passes_the_codes_gradient_back():
+    model = make_model()
+    batch = random_batch(seed=3)
+
+    def terms():
+        return {k: float(v) for k, v in model._loss_terms(batch, model.encode_views(batch)).items()}
+
+    off = terms()
+    model.set_straight_through(True)
+    assert model.straight_through
+    on = terms()
+
+    codes = {k: np.asarray(v, "float64") for k, v in model.encode_views(batch).items()}
+    signs = {k: np.where(v >= 0, 1.0, -1.0) for k, v in codes.items()}
+    assert on["contrastive_inter"] == pytest.approx(
+        float(np.mean(nt_xent_loss(signs["image_codes"], signs["text_codes"]))), rel=1e-5)
+    assert on["contrastive_intra_image"] == pytest.approx(
+        float(np.mean(nt_xent_loss(signs["image_codes"], signs["image_codes_aug"]))), rel=1e-5)
+    assert on["contrastive_inter"] != pytest.approx(off["contrastive_inter"], rel=1e-3)
+    # Quantisation and bit balance still see the continuous codes.
+    assert on["quantization"] == pytest.approx(off["quantization"], rel=1e-6)
+    assert on["bit_balance"] == pytest.approx(off["bit_balance"], rel=1e-6)
+
+    # Backward: the gradient of the loss at the signs, carried through the codes as if
+    # sign were the identity: d/dW sum(h * dL/ds |s=sign(h)).
+    weights = model.image_head.trainable_variables
+    with tf.GradientTape() as tape:
+        ranked = model._loss_terms(batch, model.encode_views(batch))["contrastive_inter"]
+    straight = tape.gradient(ranked, weights)
+    image_signs = tf.constant(signs["image_codes"], tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(image_signs)
+        value = tf.reduce_mean(nt_xent_loss(image_signs, tf.constant(signs["text_codes"], tf.float32)))
+    upstream = tape.gradient(value, image_signs)
+    with tf.GradientTape() as tape:
+        surrogate = tf.reduce_sum(model.encode_image(batch["image"]) * upstream)
+    expected = tape.gradient(surrogate, weights)
+    for got, want in zip(straight, expected):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-7)
+    assert any(np.abs(np.asarray(g)).max() > 0 for g in straight)
+
+    model.set_straight_through(False)
+    assert terms()["contrastive_inter"] == pytest.approx(off["contrastive_inter"], rel=1e-6)
+    names = [v.path if hasattr(v, "path") else v.name for v in model.variables]
+    assert not any("straight_through" in n for n in names)
+
+
 # ----------------------------------------------------------------------- trainable encoder tops
 
 

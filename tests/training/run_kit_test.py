@@ -10,7 +10,7 @@ from rs_hashing.errors import FeatureStoreError
 from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.training import run_kit
 from rs_hashing.training.binary_target_updater import BinaryTargetUpdater
-from rs_hashing.training.callbacks import StepDecay
+from rs_hashing.training.callbacks import StepDecay, StraightThrough
 from rs_hashing.training.training_pairs import TrainingPairs
 from tests import testing
 from tests.training.tiny_store import FakeStore, fake_split, make_store, store_config
@@ -52,6 +52,30 @@ def test_hashing_callbacks_refresh_targets_as_the_model_is_set(tmp_path, target_
         assert updater.data is None  # the epoch's own training-step codes
     else:
         assert updater.data["index"].tolist() == [1, 3, 4]  # one pass over the items, global ids
+
+
+@pytest.mark.parametrize("method, overrides, start", [
+    ("duch", dict(epochs=10, straight_through_epochs=3), 7),
+    ("duch", dict(epochs=10), 10),  # never on: the papers' continuous codes
+    ("chnr", dict(phase1_epochs=4, phase2_epochs=6, straight_through_epochs=2), 8),  # across both phases
+])
+def test_straight_through_switches_on_for_the_last_epochs(tmp_path, method, overrides, start):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    config = testing.tiny_config(method=method, **overrides)
+    pairs = TrainingPairs.from_store(FakeStore([1] * 12), fake_split(12, [0] * 12), items=[1, 3, 4])
+    model = run_kit.build_model(config, 1, 1, 6)
+    run_kit.compile_model(model, config)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "checkpoints"), max_to_keep=1)
+    callbacks = run_kit.hashing_callbacks(model, config, pairs, str(tmp_path), manager,
+                                          tf.Variable(0, dtype=tf.int64), epochs=2, first_epoch=0)
+    switch, = [c for c in callbacks if isinstance(c, StraightThrough)]
+    assert switch.start == start
+    states = []
+    for epoch in (start - 1, start, start - 1):  # set at every epoch's start, so a resume agrees
+        switch.on_epoch_begin(epoch)
+        states.append(model.straight_through)
+    assert states == [False, True, False]
 
 
 def test_read_history_skips_missing_values(tmp_path):
