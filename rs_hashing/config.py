@@ -336,6 +336,10 @@ class TrainConfig:
         0, "Last epochs (counted across both phases for CHNR) in which the contrastive terms see the codes' "
         "signs forward and pass the continuous codes' gradient back (straight-through), so that training "
         "ranks as Hamming retrieval does; 0: the papers' continuous codes throughout", NON_NEGATIVE)
+    init_from: str = _field(
+        "", "A finished DUCH run folder whose hash heads, discriminator and binary targets start this run "
+        "(e.g. heads trained on frozen features, then a few epochs with trainable encoder tops): its bits, head "
+        "widths, encoders and training split must be this run's; empty: random heads", Text("a run folder"))
     jit_compile: bool = _field(
         False, "Compile the training step with XLA (Keras turns XLA off while op determinism is on, "
         "which rs-hashing train always turns on so that a resumed run ends bit for bit as an "

@@ -53,6 +53,8 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
                                 image_tower=image_tower, text_tower=text_tower)
     run_kit.compile_model(model, config)
     model.build_for_features(t.batch_size)
+    # Heads from a finished run (init_from); a checkpoint of this run, if any, wins below.
+    warm_from = run_kit.warm_start(model, config, data)
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     manager = restore_checkpoint(os.path.join(workdir, CHECKPOINTS),
                                  **run_kit.hashing_checkpoint_objects(model, epoch_var))
@@ -64,6 +66,8 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
         run_kit.fit_hashing(model, pairs, config, first_epoch, t.epochs, callbacks, verbose)
     extra = {"train_seconds": round(time.perf_counter() - started, 1), "epochs": t.epochs,
              "resumed_from_epoch": first_epoch}
+    if warm_from:
+        extra["init_from"] = warm_from
     if data.noise is not None:
         extra["realised_noise_rate"] = data.noise.realised_rate
     return run_kit.finish_run(model, config, data.store, data.split, workdir, extra)

@@ -71,7 +71,7 @@ from rs_hashing.data.noisy_pairs import NoisyPairs
 from rs_hashing.data.protocol_split import ProtocolSplit
 from rs_hashing.encoders.encoder_identity import check_encoder_identity, encoder_identity
 from rs_hashing.encoders.encoder_towers import EncoderTowers
-from rs_hashing.errors import FeatureStoreError
+from rs_hashing.errors import EncoderMismatchError, FeatureStoreError, RunFolderError
 from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.models.cross_modal_hashing_model import CrossModalHashingModel
 from rs_hashing.training import evaluation
@@ -169,6 +169,48 @@ def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_tr
         raise ValueError(f"build_model: unknown model argument(s) {sorted(unknown)}")
     arguments.update(overrides)
     return CrossModalHashingModel(**arguments)
+
+
+def warm_start(model: CrossModalHashingModel, config: config_lib.Config, data: RunData) -> str | None:
+    """Starts `model` from `config.train.init_from`'s finished run: hash heads,
+    discriminator and binary targets copied; encoder tops, optimizers and the epoch count
+    start afresh. Call before `restore_checkpoint`, so that a resumed run takes its own
+    checkpoint instead. Returns the source folder, or None when not set.
+
+    Raises:
+        RunFolderError: the folder is not a finished run, or its heads do not fit this
+            run (bits, widths, input dims, number of training items, training split or
+            the encoders that made its features differ; each is named).
+    """
+    source_dir = config.train.init_from
+    if not source_dir:
+        return None
+    from rs_hashing.hashing_model import HashingModel  # pylint: disable=import-outside-toplevel
+
+    if config.model.method != "duch":
+        raise RunFolderError(f"init_from={source_dir}: warm starts are for DUCH runs, not {config.model.method}")
+    # The source's own encoders stay unbuilt (lazy); its features' encoders are compared
+    # with this store's below.
+    source = HashingModel.from_run(source_dir, check_encoders=False)
+    heads = source.heads
+    differences = [f"{name} {getattr(heads, name)} there, {getattr(model, name)} here"
+                   for name in ("bits", "hidden_dim", "image_dim", "text_dim", "num_train")
+                   if getattr(heads, name) != getattr(model, name)]
+    source_split = ProtocolSplit.for_dataset(data.dataset, source.config.data)
+    if not np.array_equal(np.asarray(source_split.train), np.asarray(data.split.train)):
+        differences.append("another training split (its split, caption or validation seeds differ)")
+    recorded, here = source.recorded_encoders(), data.store.manifest.get("encoders")
+    if recorded and here:
+        try:
+            check_encoder_identity(recorded, here, source_dir)
+        except EncoderMismatchError as e:
+            differences.append(f"features of other encoders ({e})")
+    if differences:
+        raise RunFolderError(f"init_from={source_dir}: its heads do not fit this run: {'; '.join(differences)}")
+    for name in ("image_head", "text_head", "discriminator"):
+        getattr(model, name).set_weights(getattr(heads, name).get_weights())
+    model.binary_targets.assign(heads.binary_targets)
+    return source_dir
 
 
 def compile_model(model: CrossModalHashingModel, config: config_lib.Config) -> None:

@@ -14,7 +14,7 @@ from rs_hashing import config as config_lib
 from rs_hashing.data import loaders
 from rs_hashing.data.image_augmenter import ImageAugmenter
 from rs_hashing.encoders.encoder_towers import EncoderTowers
-from rs_hashing.errors import TrainingError
+from rs_hashing.errors import RunFolderError, TrainingError
 from rs_hashing.features.extraction import extract_features
 from rs_hashing.features.image_pipeline import load_image, load_pixels, resize_image
 from rs_hashing.hashing_model import HashingModel
@@ -188,3 +188,49 @@ def test_a_tower_run_gives_the_codes_of_its_raw_inputs_and_resumes(tower_store, 
     resumed_codes = np.load(os.path.join(resumed.train.run_dir, "codes.npz"))
     for key in evaluation.CODE_KEYS:
         np.testing.assert_array_equal(resumed_codes[key], codes[key])
+
+
+def test_a_tower_run_starts_from_a_frozen_runs_heads(tower_store, tmp_path):
+    """init_from: heads, discriminator and targets of a finished frozen-feature run start
+    a tower run; with the tops still at their pretrained weights it encodes as that run
+    (the tops compute the frozen features), and ill-fitting sources are refused."""
+    frozen = tower_config(tower_store.data, tmp_path / "frozen", stages=0, layers=0, epochs=3)
+    extract_features(frozen, loaders.load_dataset(frozen.data), frozen.features.features, progress=False)
+    duch.train(frozen, verbose=0)
+    source = HashingModel.from_run(frozen.train.run_dir).heads
+
+    config = config_lib.apply_overrides(tower_store, {"init_from": frozen.train.run_dir,
+                                                      "run_dir": str(tmp_path / "warm")})
+    data = run_kit.prepare(config)
+    pairs = TrainingPairs.from_store(data.store, data.split)
+    model = _tower_model(config, data.store, len(pairs))
+    model.build_for_features(4)
+    assert run_kit.warm_start(model, config, data) == frozen.train.run_dir
+    for name in ("image_head", "text_head", "discriminator"):
+        for got, want in zip(getattr(model, name).get_weights(), getattr(source, name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(model.binary_targets), np.asarray(source.binary_targets))
+    # Same inputs, same codes: the pretrained tops on the cached activations give the
+    # frozen features (float32 cache), the heads are the frozen run's.
+    batch = next(iter(pairs.dataset("one", len(pairs), 0, 0, 1)))
+    frozen_data = run_kit.prepare(frozen)
+    frozen_batch = next(iter(TrainingPairs.from_store(frozen_data.store, frozen_data.split).dataset(
+        "one", len(pairs), 0, 0, 1)))
+    for view in ("image", "text"):
+        warm = np.sign(np.asarray(model.encode_views(batch)[f"{view}_codes"]))
+        cold = np.sign(np.asarray(source.encode_views(frozen_batch)[f"{view}_codes"]))
+        assert np.mean(warm == cold) > 0.99, view
+
+    results = duch.train(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1)), verbose=0)
+    assert results["init_from"] == frozen.train.run_dir
+
+    other_bits = config_lib.apply_overrides(config, {"bits": 16})
+    model16 = _tower_model(other_bits, data.store, len(pairs))
+    with pytest.raises(RunFolderError, match="bits 8 there, 16 here"):
+        run_kit.warm_start(model16, other_bits, data)
+    other_split = config_lib.apply_overrides(config, {"split_seed": 7})
+    other_data = run_kit.prepare(other_split)
+    with pytest.raises(RunFolderError, match="another training split"):
+        run_kit.warm_start(_tower_model(other_split, other_data.store, len(pairs)), other_split, other_data)
+    with pytest.raises(RunFolderError, match="not a finished run folder"):
+        run_kit.warm_start(model, config_lib.apply_overrides(config, {"init_from": str(tmp_path)}), data)
