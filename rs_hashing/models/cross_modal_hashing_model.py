@@ -789,8 +789,12 @@ class CrossModalHashingModel(keras.Model):
                 "from update_binary_targets(data)."
             )
         seen, codes = self._epoch_codes.take()
+        return self._set_targets(np.flatnonzero(seen), codes[seen])
+
+    def _set_targets(self, rows: np.ndarray, mean_codes: np.ndarray) -> np.ndarray:
+        """Binary targets of `rows` := sign(mean_codes) (0 -> +1); the new table."""
         table = np.array(ops.convert_to_numpy(self.binary_targets))
-        table[seen] = ops.convert_to_numpy(binarize(codes[seen]))
+        table[rows] = ops.convert_to_numpy(binarize(mean_codes))
         self.binary_targets.assign(table)
         return table
 
@@ -813,7 +817,7 @@ class CrossModalHashingModel(keras.Model):
             ValueError: for a bad input type, missing keys, or an index outside
                 [0, num_train).
         """
-        table = np.array(ops.convert_to_numpy(self.binary_targets))
+        rows, mean_codes = [np.zeros([0], "int64")], [np.zeros([0, self.bits], "float32")]
         for batch in self._iterate_target_batches(data):
             if "index" not in batch:
                 raise ValueError(
@@ -826,10 +830,11 @@ class CrossModalHashingModel(keras.Model):
                     f"got min {index.min()} and max {index.max()}."
                 )
             codes = self.encode_views(batch, training=False)
-            mean_codes = sum(codes[name] for name in VIEW_CODE_NAMES) / len(VIEW_CODE_NAMES)
-            table[index] = ops.convert_to_numpy(binarize(mean_codes))
-        self.binary_targets.assign(table)
-        return table
+            rows.append(index)
+            mean_codes.append(ops.convert_to_numpy(sum(codes[name] for name in VIEW_CODE_NAMES)
+                                                   / len(VIEW_CODE_NAMES)))
+        # An item listed twice (caption_mode="all") takes its last listing, as NumPy assigns.
+        return self._set_targets(np.concatenate(rows), np.concatenate(mean_codes))
 
     # ------------------------------------------------------------------ config
 
