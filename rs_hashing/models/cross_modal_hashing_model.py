@@ -833,7 +833,7 @@ class CrossModalHashingModel(keras.Model):
             rows.append(index)
             mean_codes.append(ops.convert_to_numpy(sum(codes[name] for name in VIEW_CODE_NAMES)
                                                    / len(VIEW_CODE_NAMES)))
-        # An item listed twice (caption_mode="all") takes its last listing, as NumPy assigns.
+        # An item listed twice (caption_mode="all_pairs") takes its last listing, as NumPy assigns.
         return self._set_targets(np.concatenate(rows), np.concatenate(mean_codes))
 
     # ------------------------------------------------------------------ config
