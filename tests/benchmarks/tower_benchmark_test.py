@@ -1,0 +1,39 @@
+"""The tower benchmark's store flags and its 1-NN image accuracy."""
+
+import numpy as np
+import pytest
+from absl import app
+
+from benchmarks import tower_benchmark
+from rs_hashing.data import loaders
+from rs_hashing.data.protocol_split import ProtocolSplit
+from rs_hashing.features.feature_store import FeatureStore
+from rs_hashing.training import duch
+from tests.training.tiny_store import make_store, store_config
+
+
+def test_stores_are_name_colon_folder_of_known_settings():
+    assert tower_benchmark.parse_stores(["frozen:feats/a", "image1:/x/b"]) == {"frozen": "feats/a",
+                                                                               "image1": "/x/b"}
+    for bad in (["feats/a"], ["image9:feats/a"], ["frozen:"]):
+        with pytest.raises(app.UsageError, match="is not name:folder"):
+            tower_benchmark.parse_stores(bad)
+
+
+def test_one_nn_accuracy_of_a_frozen_run_is_the_stores_nearest_neighbour_by_cosine(tmp_path):
+    data, features = make_store(tmp_path / "data")
+    config = store_config(data, features, str(tmp_path / "run"), epochs=1)
+    duch.train(config, verbose=0)
+    dataset = loaders.load_dataset(data, check_images=False)
+    store = FeatureStore.open(features, dataset)
+    split = ProtocolSplit.for_dataset(dataset, config.data)
+    # By hand: each query image's most cosine-similar database image, one at a time.
+    hits = []
+    for q in split.query:
+        a = np.asarray(store.image[q], np.float64)
+        similarities = [a @ np.asarray(store.image[d]) / np.linalg.norm(a) / np.linalg.norm(store.image[d])
+                        for d in split.database]
+        hits.append(store.labels[split.database[int(np.argmax(similarities))]] == store.labels[q])
+    expected = float(np.mean(hits))
+    assert 0 < expected < 1  # noisy classes: a value that tells right from wrong
+    assert tower_benchmark.one_nn_accuracy(config.train.run_dir, config) == pytest.approx(expected)
