@@ -37,3 +37,18 @@ def test_one_nn_accuracy_of_a_frozen_run_is_the_stores_nearest_neighbour_by_cosi
     expected = float(np.mean(hits))
     assert 0 < expected < 1  # noisy classes: a value that tells right from wrong
     assert tower_benchmark.one_nn_accuracy(config.train.run_dir, config) == pytest.approx(expected)
+
+
+def test_untuned_tops_on_a_float32_cache_give_the_frozen_runs_map(tmp_path):
+    from rs_hashing.features.extraction import extract_features  # pylint: disable=import-outside-toplevel
+    from tests.training.tiny_store import make_image_archive, tower_config  # pylint: disable=import-outside-toplevel
+
+    data = make_image_archive(tmp_path / "archive")
+    frozen = tower_config(data, tmp_path / "frozen", stages=0, layers=0, epochs=3)
+    tower = tower_config(data, tmp_path / "tower", stages=1, layers=1, activation_dtype="float32")
+    for config in (frozen, tower):
+        extract_features(config, loaders.load_dataset(config.data), config.features.features, progress=False)
+    results = duch.train(frozen, verbose=0)
+    untuned = tower_benchmark.untuned_map(frozen.train.run_dir, tower)
+    for task, value in results["map@20"].items():
+        assert untuned[task] == pytest.approx(value, abs=0.02), task
