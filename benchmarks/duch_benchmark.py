@@ -67,6 +67,8 @@ RUNS = {
     # epochs; and a random one of the image's captions each epoch at the papers' T.
     "as_intended_q0.5": dict(PAPERS, quantization_weight=0.5),
     "as_intended_q2": dict(PAPERS, quantization_weight=2.0),
+    "as_intended_q1": dict(PAPERS, quantization_weight=1.0),
+    "as_intended_q0.5_st25": dict(PAPERS, quantization_weight=0.5, straight_through_epochs=25),
     "as_intended_st25": dict(PAPERS, straight_through_epochs=25),
     "as_intended_random": dict(PAPERS, caption_mode="random"),
     # Every caption as its own pair: 5x the pairs an epoch, so 20 epochs = the compute of 100.
@@ -74,7 +76,7 @@ RUNS = {
 }
 CANDIDATES = ["as_intended", "as_coded", "as_intended_t0.5_random", "as_coded_t0.5_random", "as_coded_t0.5",
               "as_coded_t0.3_random", "as_intended_q0.5", "as_intended_q2", "as_intended_st25", "as_intended_random",
-              "as_intended_all_e20"]
+              "as_intended_all_e20", "as_intended_q1", "as_intended_q0.5_st25"]
 AUTHORS = "authors"
 TASKS = ("i2t", "t2i", "i2i", "t2t")
 
