@@ -33,18 +33,22 @@ def test_build_model_takes_the_config_and_refuses_unknown_overrides():
         run_kit.build_model(config, 12, 10, 20, bitz=4)
 
 
-@pytest.mark.parametrize("target_codes", ["training", "inference"])
-def test_hashing_callbacks_refresh_targets_as_the_model_is_set(tmp_path, target_codes):
+def _callbacks_of(config, tmp_path):
+    """(model, hashing callbacks) of a 2-epoch fit of `config` on items 1, 3, 4 of 12."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    config = testing.tiny_config(target_codes=target_codes, lr_decay_epochs=(1,))
-    store = FakeStore([1] * 12)
-    pairs = TrainingPairs.from_store(store, fake_split(12, [0] * 12), items=[1, 3, 4])
+    pairs = TrainingPairs.from_store(FakeStore([1] * 12), fake_split(12, [0] * 12), items=[1, 3, 4])
     model = run_kit.build_model(config, 1, 1, 6)
     run_kit.compile_model(model, config)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "checkpoints"), max_to_keep=1)
-    callbacks = run_kit.hashing_callbacks(model, config, pairs, str(tmp_path), manager,
-                                          tf.Variable(0, dtype=tf.int64), epochs=2, first_epoch=0)
+    return model, run_kit.hashing_callbacks(model, config, pairs, str(tmp_path), manager,
+                                            tf.Variable(0, dtype=tf.int64), epochs=2, first_epoch=0)
+
+
+@pytest.mark.parametrize("target_codes", ["training", "inference"])
+def test_hashing_callbacks_refresh_targets_as_the_model_is_set(tmp_path, target_codes):
+    config = testing.tiny_config(target_codes=target_codes, lr_decay_epochs=(1,))
+    _, callbacks = _callbacks_of(config, tmp_path)
     decay, = [c for c in callbacks if isinstance(c, StepDecay)]
     assert [decay.schedule(e) for e in (0, 1)] == [config.train.learning_rate, config.train.learning_rate * 0.8]
     updater, = [c for c in callbacks if isinstance(c, BinaryTargetUpdater)]
@@ -60,15 +64,7 @@ def test_hashing_callbacks_refresh_targets_as_the_model_is_set(tmp_path, target_
     ("chnr", dict(phase1_epochs=4, phase2_epochs=6, straight_through_epochs=2), 8),  # across both phases
 ])
 def test_straight_through_switches_on_for_the_last_epochs(tmp_path, method, overrides, start):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    config = testing.tiny_config(method=method, **overrides)
-    pairs = TrainingPairs.from_store(FakeStore([1] * 12), fake_split(12, [0] * 12), items=[1, 3, 4])
-    model = run_kit.build_model(config, 1, 1, 6)
-    run_kit.compile_model(model, config)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "checkpoints"), max_to_keep=1)
-    callbacks = run_kit.hashing_callbacks(model, config, pairs, str(tmp_path), manager,
-                                          tf.Variable(0, dtype=tf.int64), epochs=2, first_epoch=0)
+    model, callbacks = _callbacks_of(testing.tiny_config(method=method, **overrides), tmp_path)
     switch, = [c for c in callbacks if isinstance(c, StraightThrough)]
     assert switch.start == start
     states = []
