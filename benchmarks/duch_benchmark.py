@@ -73,10 +73,12 @@ RUNS = {
     "as_intended_random": dict(PAPERS, caption_mode="random"),
     # Every caption as its own pair: 5x the pairs an epoch, so 20 epochs = the compute of 100.
     "as_intended_all_e20": dict(PAPERS, caption_mode="all_pairs", epochs=20),
+    "as_intended_random_q0.5": dict(PAPERS, caption_mode="random", quantization_weight=0.5),
 }
 CANDIDATES = ["as_intended", "as_coded", "as_intended_t0.5_random", "as_coded_t0.5_random", "as_coded_t0.5",
               "as_coded_t0.3_random", "as_intended_q0.5", "as_intended_q2", "as_intended_st25", "as_intended_random",
-              "as_intended_all_e20", "as_intended_q1", "as_intended_q0.5_st25"]
+              "as_intended_all_e20", "as_intended_q1", "as_intended_q0.5_st25",
+              "as_intended_random_q0.5"]
 AUTHORS = "authors"
 TASKS = ("i2t", "t2i", "i2i", "t2t")
 
