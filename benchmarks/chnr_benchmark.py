@@ -52,6 +52,8 @@ flags.DEFINE_integer("epochs", 100, "DUCH epochs (the papers': 100).")
 flags.DEFINE_integer("phase1_epochs", 75, "CHNR epochs on the trusted clean subset.")
 flags.DEFINE_integer("phase2_epochs", 75, "CHNR epochs on the whole noisy training set.")
 flags.DEFINE_float("clean_fraction", 0.2, "Share of training pairs never corrupted (CHNR's trusted subset).")
+flags.DEFINE_enum("caption_mode", "one", list(config_lib.CAPTION_MODES),
+                  "Captions trained on (both papers: one per image, the protocol's draw).")
 flags.DEFINE_enum("noise_weighting", "threshold", list(config_lib.NOISE_WEIGHTINGS), "CHNR's pair weights.")
 flags.DEFINE_enum("chnr_loss", "chnr", list(config_lib.CHNR_LOSSES), "CHNR's loss set.")
 flags.DEFINE_string("duch_clean_run", None,
@@ -229,7 +231,7 @@ def main(argv):
     base = config_lib.apply_overrides(config_lib.get_preset(FLAGS.preset), {
         "data_dir": FLAGS.data_dir, "features": FLAGS.features, "bits": FLAGS.bits, "epochs": FLAGS.epochs,
         "phase1_epochs": FLAGS.phase1_epochs, "phase2_epochs": FLAGS.phase2_epochs,
-        "clean_fraction": FLAGS.clean_fraction, **extra_overrides()})
+        "clean_fraction": FLAGS.clean_fraction, "caption_mode": FLAGS.caption_mode, **extra_overrides()})
     rates = sorted(float(p) for p in FLAGS.noise_rates)
     unknown = set(FLAGS.methods) - set(LABELS)
     if unknown:

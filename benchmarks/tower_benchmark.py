@@ -31,17 +31,6 @@ from absl import app, flags
 from benchmarks import seeded_runs
 from rs_hashing import config as config_lib
 
-flags.DEFINE_string("data_dir", None, "RSICD-AID folder.", required=True)
-flags.DEFINE_list("stores", ["frozen:feats/rsicd"], "name:folder of each setting's feature store (the setting's "
-                  "cut: frozen, image1, text1, both1).")
-flags.DEFINE_list("runs", ["frozen", "image1"], "Settings to run (each needs its store).")
-flags.DEFINE_string("sources", "runs/duch_benchmark", "The DUCH benchmark's output folder (frozen source runs: "
-                    "<sources>/<test|validation>/as_intended_64/seed<s>).")
-flags.DEFINE_string("out", "runs/tower_benchmark", "Folder for the runs and the results.")
-flags.DEFINE_integer("seeds", 3, "Number of seeds (42, 43, ...).")
-flags.DEFINE_integer("tuned_epochs", 10, "Epochs of the continuation.")
-flags.DEFINE_float("tower_learning_rate_factor", None, "Override of the tops' learning-rate factor.")
-flags.DEFINE_bool("validation", False, "Validation-split sources and validation mAP.")
 FLAGS = flags.FLAGS
 
 SETTINGS = {
@@ -114,6 +103,22 @@ def store_figures(path: str) -> tuple[float, float | None]:
     with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
         seconds = json.load(f).get("extraction", {}).get("seconds")
     return size / 2 ** 20, seconds
+
+
+def define_flags() -> None:
+    """The command's flags (defined only when run as a command, so that tests can import
+    this module beside other benchmarks)."""
+    flags.DEFINE_string("data_dir", None, "RSICD-AID folder.", required=True)
+    flags.DEFINE_list("stores", ["frozen:feats/rsicd"], "name:folder of each setting's feature store (the setting's "
+                      "cut: frozen, image1, text1, both1).")
+    flags.DEFINE_list("runs", ["frozen", "image1"], "Settings to run (each needs its store).")
+    flags.DEFINE_string("sources", "runs/duch_benchmark", "The DUCH benchmark's output folder (frozen source runs: "
+                        "<sources>/<test|validation>/as_intended_64/seed<s>).")
+    flags.DEFINE_string("out", "runs/tower_benchmark", "Folder for the runs and the results.")
+    flags.DEFINE_integer("seeds", 3, "Number of seeds (42, 43, ...).")
+    flags.DEFINE_integer("tuned_epochs", 10, "Epochs of the continuation.")
+    flags.DEFINE_float("tower_learning_rate_factor", None, "Override of the tops' learning-rate factor.")
+    flags.DEFINE_bool("validation", False, "Validation-split sources and validation mAP.")
 
 
 def main(argv):
@@ -191,4 +196,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -315,8 +315,9 @@ class TrainConfig:
         "phases for CHNR; (1, 51, 101) when --method=chnr and not set)",
         IntegerList(NON_NEGATIVE))
     caption_mode: str = _field(
-        "one", "Captions trained on: the one chosen per image, a random one of the image's each epoch, "
-        "or every caption as its own pair", OneOf(CAPTION_MODES))
+        "random", "Captions trained on: a random one of the image's each epoch (the default, chosen on "
+        "RSICD-AID's validation split), the one the protocol chose per image (the papers'), or every caption "
+        "as its own pair", OneOf(CAPTION_MODES))
     phase1_epochs: int = _field(75, "CHNR: epochs of detector and hashing training on the clean subset",
                                 NON_NEGATIVE)
     phase2_epochs: int = _field(75, "CHNR: epochs of weighted hashing training on all training pairs",
