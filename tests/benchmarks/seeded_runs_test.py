@@ -51,3 +51,16 @@ def test_a_run_trains_in_a_child_process_with_the_same_config_and_is_reused(tmp_
     again = seeded_runs.train_or_reuse(config, "smoke")  # finished: read, not trained
     assert os.path.getmtime(os.path.join(run_dir, "process.json")) == stamp
     assert again["map@20"] == metrics["map@20"]
+
+
+def test_the_duch_benchmarks_default_row_is_the_presets_default():
+    """The row labelled as the default trains exactly what `rs-hashing train` does by
+    default (checked in a child: the benchmark defines flags at import)."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    code = ("from rs_hashing import config as c; from benchmarks import duch_benchmark as d; "
+            "p = c.get_preset('rsicd'); print(c.to_dict(c.apply_overrides(p, d.RUNS[d.DEFAULT_RUN])) == c.to_dict(p), "
+            "c.to_dict(c.apply_overrides(p, d.RUNS['as_intended'])) == c.to_dict(p))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "False"]
