@@ -931,6 +931,5 @@ class _Switch:
     def apply(self, codes: Any) -> Any:
         """codes + on x stop_gradient(sign(codes) - codes): the signs forward, the
         identity's gradient back, when on; the codes unchanged when off."""
-        signs = ops.where(codes >= 0, 1.0, -1.0)
         gate = ops.cast(self.value, codes.dtype)
-        return codes + gate * ops.stop_gradient(ops.cast(signs, codes.dtype) - codes)
+        return codes + gate * ops.stop_gradient(binarize(codes) - codes)
