@@ -22,6 +22,7 @@ validation mAP (for choosing the epochs and the settings).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -53,20 +54,35 @@ def parse_stores(entries: list[str]) -> dict[str, str]:
     return stores
 
 
+_RETRIEVAL_IMAGES: dict = {}
+
+
+def retrieval_images(config: config_lib.Config) -> dict:
+    """The store's query and database image rows and labels under the config's split,
+    read once per store and split for all the runs that share them."""
+    from rs_hashing.data.loaders import load_dataset  # pylint: disable=import-outside-toplevel
+    from rs_hashing.data.protocol_split import ProtocolSplit  # pylint: disable=import-outside-toplevel
+    from rs_hashing.features.feature_store import FeatureStore  # pylint: disable=import-outside-toplevel
+    from rs_hashing.training import evaluation  # pylint: disable=import-outside-toplevel
+
+    key = (os.path.abspath(config.features.features), json.dumps(dataclasses.asdict(config.data), sort_keys=True, default=str))
+    if key not in _RETRIEVAL_IMAGES:
+        dataset = load_dataset(config.data, check_images=False)
+        store = FeatureStore.open(config.features.features, dataset, check_values=False)
+        features = evaluation.retrieval_features(store, ProtocolSplit.for_dataset(dataset, config.data))
+        _RETRIEVAL_IMAGES[key] = {name: features[name] for name in
+                                  ("query_image", "database_image", "query_labels", "database_labels")}
+    return _RETRIEVAL_IMAGES[key]
+
+
 def one_nn_accuracy(run_dir: str, config: config_lib.Config) -> float:
     """Scene accuracy of each query image's nearest database image by the cosine of the
     image encoder's features: the tuned top's when the run has one, else the store's."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from rs_hashing.data.loaders import load_dataset  # pylint: disable=import-outside-toplevel
-    from rs_hashing.data.protocol_split import ProtocolSplit  # pylint: disable=import-outside-toplevel
-    from rs_hashing.features.feature_store import FeatureStore  # pylint: disable=import-outside-toplevel
     from rs_hashing.hashing_model import HashingModel  # pylint: disable=import-outside-toplevel
-    from rs_hashing.training import evaluation  # pylint: disable=import-outside-toplevel
 
-    dataset = load_dataset(config.data, check_images=False)
-    store = FeatureStore.open(config.features.features, dataset, check_values=False)
-    features = evaluation.retrieval_features(store, ProtocolSplit.for_dataset(dataset, config.data))
+    features = retrieval_images(config)
     tower = HashingModel.from_run(run_dir, check_encoders=False).heads.image_tower
     vectors = {}
     for part in ("query", "database"):
@@ -88,11 +104,8 @@ def untuned_map(source: str, config: config_lib.Config) -> dict:
 
     config = config_lib.apply_overrides(config, {"init_from": source})
     data = run_kit.prepare(config)
-    image_tower, text_tower = run_kit.encoder_tops(config, data.store)
-    model = run_kit.build_model(config, data.store.image_dim, data.store.text_dim, len(data.split.train),
-                                image_tower=image_tower, text_tower=text_tower)
-    model.build_for_features(1)
-    run_kit.warm_start(model, config, data)
+    model, _ = run_kit.warm_model(config, data, len(data.split.train), run_kit.encoder_tops(config, data.store),
+                                  batch_size=1, compile_for_training=False)
     return evaluation.evaluate_model(model, data.store, data.split)[0]["map@20"]
 
 

@@ -40,7 +40,7 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
     # of another run) comes before the first write.
     data = run_kit.prepare(config, dataset)
     # Tower mode: the encoders' trainable tops, with their pretrained weights.
-    image_tower, text_tower = run_kit.encoder_tops(config, data.store)
+    towers = run_kit.encoder_tops(config, data.store)
     workdir = start_run(config, workdir, overwrite=overwrite)
     if data.noise is not None:
         write_json_atomic(os.path.join(workdir, "noise.json"), data.noise.summary())
@@ -49,12 +49,8 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
         pairs_hook(pairs)
 
     t = config.train
-    model = run_kit.build_model(config, data.store.image_dim, data.store.text_dim, len(pairs),
-                                image_tower=image_tower, text_tower=text_tower)
-    run_kit.compile_model(model, config)
-    model.build_for_features(t.batch_size)
     # Heads from a finished run (init_from); a checkpoint of this run, if any, wins below.
-    warm_from = run_kit.warm_start(model, config, data)
+    model, warm_from = run_kit.warm_model(config, data, len(pairs), towers, t.batch_size)
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     manager = restore_checkpoint(os.path.join(workdir, CHECKPOINTS),
                                  **run_kit.hashing_checkpoint_objects(model, epoch_var))

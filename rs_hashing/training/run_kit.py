@@ -3,8 +3,8 @@ callbacks, `fit` and the finished run folder.
 
 A driver is a short script over this kit: `prepare` (dataset, validated feature store,
 protocol split, noise), `start_run` (the folder's rules, below), `encoder_tops` (the
-trainable encoder tops of tower mode, if any), `build_model` and `compile_model`,
-`restore_checkpoint` of `hashing_checkpoint_objects`, `fit_hashing` with
+trainable encoder tops of tower mode, if any), `build_model` and `compile_model` (or
+`warm_model`: both, built and warm-started from `init_from`'s run), `restore_checkpoint` of `hashing_checkpoint_objects`, `fit_hashing` with
 `hashing_callbacks`, and `finish_run`. A run folder holds:
 
     config.json            the resolved configuration
@@ -169,6 +169,21 @@ def build_model(config: config_lib.Config, image_dim: int, text_dim: int, num_tr
         raise ValueError(f"build_model: unknown model argument(s) {sorted(unknown)}")
     arguments.update(overrides)
     return CrossModalHashingModel(**arguments)
+
+
+def warm_model(config: config_lib.Config, data: RunData, num_train: int,
+               towers: tuple[keras.Model | None, keras.Model | None], batch_size: int,
+               compile_for_training: bool = True) -> tuple[CrossModalHashingModel, str | None]:
+    """The DUCH model of a run, built and warm-started: `build_model` with `towers` (from
+    `encoder_tops`), compiled when it will train, built for `batch_size` and started from
+    `config.train.init_from` (`warm_start`). Returns (model, the source folder or None)."""
+    image_tower, text_tower = towers
+    model = build_model(config, data.store.image_dim, data.store.text_dim, num_train,
+                        image_tower=image_tower, text_tower=text_tower)
+    if compile_for_training:
+        compile_model(model, config)
+    model.build_for_features(batch_size)
+    return model, warm_start(model, config, data)
 
 
 def warm_start(model: CrossModalHashingModel, config: config_lib.Config, data: RunData) -> str | None:
