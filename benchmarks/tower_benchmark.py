@@ -10,13 +10,16 @@ must exist (`python -m benchmarks.duch_benchmark --seeds=N --runs=as_intended
 [--validation]`)::
 
     python -m benchmarks.tower_benchmark --data_dir=../shared/data/rsicd \\
-        --stores=frozen:feats/rsicd,image1:feats/rsicd_image1 --runs=frozen,image1 --seeds=3
+        --stores=frozen:feats/rsicd,image1:feats/rsicd_image1 --runs=frozen,image1 --seeds=3 \\
+        --tower_learning_rate_factors=1,10
 
 Reported per row: mAP@20 in the four directions and ranked by the continuous outputs,
 1-NN scene accuracy of the image tower's features (query images against the database
 images by cosine; the frozen encoder's for the frozen rows), the wall time of source
 plus continuation against the frozen 100-epoch source, and each store's size and
-extraction time. `--validation` uses the validation-split sources and reports
+extraction time; a tuned setting runs once per tops' learning-rate factor
+(`--tower_learning_rate_factors`, its folder and row named `<setting>_lr<factor>_+<epochs>`).
+`--validation` uses the validation-split sources and reports
 validation mAP (for choosing the epochs and the settings).
 """
 
@@ -75,6 +78,13 @@ def retrieval_images(config: config_lib.Config) -> dict:
     return _RETRIEVAL_IMAGES[key]
 
 
+def run_name(setting: str, factor: float, epochs: int) -> str:
+    """A continuation's row and folder name: the control `frozen_+E` has no tops, a tuned
+    setting names its tops' learning-rate factor (`image1_lr10_+10`), so that runs of
+    other factors never pass for each other."""
+    return f"frozen_+{epochs}" if setting == "frozen" else f"{setting}_lr{factor:g}_+{epochs}"
+
+
 def one_nn_accuracy(run_dir: str, config: config_lib.Config) -> float:
     """Scene accuracy of each query image's nearest database image by the cosine of the
     image encoder's features: the tuned top's when the run has one, else the store's."""
@@ -130,7 +140,8 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "runs/tower_benchmark", "Folder for the runs and the results.")
     flags.DEFINE_integer("seeds", 3, "Number of seeds (42, 43, ...).")
     flags.DEFINE_integer("tuned_epochs", 10, "Epochs of the continuation.")
-    flags.DEFINE_float("tower_learning_rate_factor", None, "Override of the tops' learning-rate factor.")
+    flags.DEFINE_list("tower_learning_rate_factors", None, "The tops' learning-rate factors to run, each a row "
+                      "(default: the configuration's).")
     flags.DEFINE_bool("validation", False, "Validation-split sources and validation mAP.")
 
 
@@ -141,8 +152,11 @@ def main(argv):
     if missing:
         raise app.UsageError(f"--runs {', '.join(missing)}: no store given in --stores")
     split_name = "validation" if FLAGS.validation else "test"
+    factors = [float(f) for f in FLAGS.tower_learning_rate_factors or
+               [config_lib.Config().train.tower_learning_rate_factor]]
+    plan = [(name, factor) for name in FLAGS.runs for factor in ([None] if name == "frozen" else factors)]
     rows = {"frozen_100": {}}
-    rows.update({f"{name}_+{FLAGS.tuned_epochs}": {} for name in FLAGS.runs})
+    rows.update({run_name(name, factor, FLAGS.tuned_epochs): {} for name, factor in plan})
     nn = {name: [] for name in rows}
     untuned = {}  # the source's heads through each store's untuned tops
     for seed in seeded_runs.seeds(FLAGS.seeds):
@@ -156,24 +170,28 @@ def main(argv):
         rows["frozen_100"][seed] = seeded_runs.train_or_reuse(base, "rsicd")
         base = config_lib.apply_overrides(base, {"data_dir": FLAGS.data_dir, "features": stores["frozen"]})
         nn["frozen_100"].append(one_nn_accuracy(source, base))
-        for name in FLAGS.runs:
+        for name, factor in plan:
+            key = run_name(name, factor, FLAGS.tuned_epochs)
             overrides = dict(SETTINGS[name], features=stores[name], init_from=source, epochs=FLAGS.tuned_epochs,
-                             run_dir=os.path.join(FLAGS.out, split_name, f"{name}_+{FLAGS.tuned_epochs}",
-                                                  f"seed{seed}"))
-            if FLAGS.tower_learning_rate_factor is not None:
-                overrides["tower_learning_rate_factor"] = FLAGS.tower_learning_rate_factor
+                             run_dir=os.path.join(FLAGS.out, split_name, key, f"seed{seed}"))
+            if factor is not None:
+                overrides["tower_learning_rate_factor"] = factor
             config = config_lib.apply_overrides(base, overrides)
-            key = f"{name}_+{FLAGS.tuned_epochs}"
-            if name != "frozen":
+            if name != "frozen" and len(untuned.get(name, [])) < len(rows["frozen_100"]):
                 untuned.setdefault(name, []).append(untuned_map(source, config))
             rows[key][seed] = seeded_runs.train_or_reuse(config, "rsicd")
+            recorded = config_lib.load_config(config.train.run_dir).train.tower_learning_rate_factor
+            if factor is not None and recorded != factor:
+                raise app.UsageError(f"{config.train.run_dir}: a finished run with the tops' learning-rate factor "
+                                     f"{recorded:g}, not {factor:g}; move it away")
             nn[key].append(one_nn_accuracy(config.train.run_dir, config))
 
     cell, collect = seeded_runs.cell, seeded_runs.collect
     frozen_wall = collect(rows["frozen_100"], lambda m: m["process"]["wall_s"])
     lines = [f"Tower mode on RSICD-AID, 64 bits, {split_name} mAP@20 (authors' definition), mean +- sd over seeds "
-             f"{', '.join(str(s) for s in rows['frozen_100'])}. Rows `<setting>_+{FLAGS.tuned_epochs}` continue the "
-             f"frozen 100-epoch run of the same seed for {FLAGS.tuned_epochs} epochs (`train --init_from`); "
+             f"{', '.join(str(s) for s in rows['frozen_100'])}. Rows `<setting>_lr<factor>_+{FLAGS.tuned_epochs}` "
+             f"continue the frozen 100-epoch run of the same seed for {FLAGS.tuned_epochs} epochs (`train "
+             "--init_from`), the tops at <factor> times the heads' learning rate; "
              "`frozen_+N` is the control (as many more epochs, nothing tuned).", "",
              "| run | I->T | T->I | I->I | T->T | I->T continuous | T->I continuous | 1-NN image accuracy | "
              "wall s (with source) | x frozen 100 |", "|---|---|---|---|---|---|---|---|---|---|"]

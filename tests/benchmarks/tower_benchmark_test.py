@@ -20,6 +20,13 @@ def test_stores_are_name_colon_folder_of_known_settings():
             tower_benchmark.parse_stores(bad)
 
 
+def test_tuned_runs_are_named_by_their_tops_learning_rate_factor():
+    assert tower_benchmark.run_name("image1", 10.0, 10) == "image1_lr10_+10"
+    assert tower_benchmark.run_name("text1", 0.1, 5) == "text1_lr0.1_+5"
+    assert tower_benchmark.run_name("frozen", None, 10) == "frozen_+10"
+    assert tower_benchmark.run_name("image1", 1.0, 10) != tower_benchmark.run_name("image1", 10.0, 10)
+
+
 def test_one_nn_accuracy_of_a_frozen_run_is_the_stores_nearest_neighbour_by_cosine(tmp_path):
     data, features = make_store(tmp_path / "data")
     config = store_config(data, features, str(tmp_path / "run"), epochs=1)
