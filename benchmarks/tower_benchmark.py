@@ -68,7 +68,8 @@ def retrieval_images(config: config_lib.Config) -> dict:
     from rs_hashing.features.feature_store import FeatureStore  # pylint: disable=import-outside-toplevel
     from rs_hashing.training import evaluation  # pylint: disable=import-outside-toplevel
 
-    key = (os.path.abspath(config.features.features), json.dumps(dataclasses.asdict(config.data), sort_keys=True, default=str))
+    key = (os.path.abspath(config.features.features),
+           json.dumps(dataclasses.asdict(config.data), sort_keys=True, default=str))
     if key not in _RETRIEVAL_IMAGES:
         dataset = load_dataset(config.data, check_images=False)
         store = FeatureStore.open(config.features.features, dataset, check_values=False)
@@ -170,6 +171,10 @@ def main(argv):
         rows["frozen_100"][seed] = seeded_runs.train_or_reuse(base, "rsicd")
         base = config_lib.apply_overrides(base, {"data_dir": FLAGS.data_dir, "features": stores["frozen"]})
         nn["frozen_100"].append(one_nn_accuracy(source, base))
+        for name in FLAGS.runs:
+            if name != "frozen":
+                store_config = config_lib.apply_overrides(base, dict(SETTINGS[name], features=stores[name]))
+                untuned.setdefault(name, []).append(untuned_map(source, store_config))
         for name, factor in plan:
             key = run_name(name, factor, FLAGS.tuned_epochs)
             overrides = dict(SETTINGS[name], features=stores[name], init_from=source, epochs=FLAGS.tuned_epochs,
@@ -177,8 +182,6 @@ def main(argv):
             if factor is not None:
                 overrides["tower_learning_rate_factor"] = factor
             config = config_lib.apply_overrides(base, overrides)
-            if name != "frozen" and len(untuned.get(name, [])) < len(rows["frozen_100"]):
-                untuned.setdefault(name, []).append(untuned_map(source, config))
             rows[key][seed] = seeded_runs.train_or_reuse(config, "rsicd")
             recorded = config_lib.load_config(config.train.run_dir).train.tower_learning_rate_factor
             if factor is not None and recorded != factor:

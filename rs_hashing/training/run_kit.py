@@ -4,8 +4,9 @@ callbacks, `fit` and the finished run folder.
 A driver is a short script over this kit: `prepare` (dataset, validated feature store,
 protocol split, noise), `start_run` (the folder's rules, below), `encoder_tops` (the
 trainable encoder tops of tower mode, if any), `build_model` and `compile_model` (or
-`warm_model`: both, built and warm-started from `init_from`'s run), `restore_checkpoint` of `hashing_checkpoint_objects`, `fit_hashing` with
-`hashing_callbacks`, and `finish_run`. A run folder holds:
+`warm_model`: both, built and warm-started from `init_from`'s run), `restore_checkpoint`
+of `hashing_checkpoint_objects`, `fit_hashing` with `hashing_callbacks`, and
+`finish_run`. A run folder holds:
 
     config.json            the resolved configuration
     checkpoints/           the last good epoch (model, both optimizers, epoch counter);
