@@ -2,8 +2,8 @@
 
 On this CPU a training step with a trainable encoder top costs several times a
 frozen one (`benchmarks.tower_step_benchmark`), so the tops are tuned where it pays: a
-DUCH run on frozen features (the DUCH benchmark's `as_intended` run of the same seed)
-is continued for `--tuned_epochs` with the tops trainable (`train --init_from`), and
+DUCH run on frozen features (the DUCH benchmark's 64-bit run of the same seed, of its
+setting `--source`, `as_intended` by default) is continued for `--tuned_epochs` with the tops trainable (`train --init_from`), and
 compared with the same continuation on frozen features (the control: as many more
 epochs, nothing tuned). Each row is mean +- sd over seeds; a seed's frozen source run
 must exist (`python -m benchmarks.duch_benchmark --seeds=N --runs=as_intended
@@ -86,6 +86,24 @@ def run_name(setting: str, factor: float, epochs: int) -> str:
     return f"frozen_+{epochs}" if setting == "frozen" else f"{setting}_lr{factor:g}_+{epochs}"
 
 
+def _setting_and_seed(run_dir: str) -> list[str]:
+    """A source run's last two folders: `<setting>_64`, `seed<s>`."""
+    return os.path.normpath(run_dir).split(os.sep)[-2:]
+
+
+def check_reused(config: config_lib.Config, source: str, factor: float | None) -> None:
+    """A finished run found in a continuation's folder must continue `source` (its
+    recorded path may be relative to another working directory: the setting and seed
+    folders must agree) with the tops at `factor`; else it was made for another row."""
+    recorded = config_lib.load_config(config.train.run_dir).train
+    if factor is not None and recorded.tower_learning_rate_factor != factor:
+        raise app.UsageError(f"{config.train.run_dir}: a finished run with the tops' learning-rate factor "
+                             f"{recorded.tower_learning_rate_factor:g}, not {factor:g}; move it away")
+    if _setting_and_seed(recorded.init_from) != _setting_and_seed(source):
+        raise app.UsageError(f"{config.train.run_dir}: a finished run that continues {recorded.init_from}, not "
+                             f"{source}; give another --out or move it away")
+
+
 def one_nn_accuracy(run_dir: str, config: config_lib.Config) -> float:
     """Scene accuracy of each query image's nearest database image by the cosine of the
     image encoder's features: the tuned top's when the run has one, else the store's."""
@@ -137,7 +155,9 @@ def define_flags() -> None:
                       "cut: frozen, image1, text1, both1).")
     flags.DEFINE_list("runs", ["frozen", "image1"], "Settings to run (each needs its store).")
     flags.DEFINE_string("sources", "runs/duch_benchmark", "The DUCH benchmark's output folder (frozen source runs: "
-                        "<sources>/<test|validation>/as_intended_64/seed<s>).")
+                        "<sources>/<test|validation>/<source>_64/seed<s>).")
+    flags.DEFINE_string("source", "as_intended", "The DUCH benchmark's setting whose runs are continued "
+                        "(as_intended, as_intended_random, ...); the continuations keep its settings.")
     flags.DEFINE_string("out", "runs/tower_benchmark", "Folder for the runs and the results.")
     flags.DEFINE_integer("seeds", 3, "Number of seeds (42, 43, ...).")
     flags.DEFINE_integer("tuned_epochs", 10, "Epochs of the continuation.")
@@ -161,10 +181,10 @@ def main(argv):
     nn = {name: [] for name in rows}
     untuned = {}  # the source's heads through each store's untuned tops
     for seed in seeded_runs.seeds(FLAGS.seeds):
-        source = os.path.join(FLAGS.sources, split_name, "as_intended_64", f"seed{seed}")
+        source = os.path.join(FLAGS.sources, split_name, f"{FLAGS.source}_64", f"seed{seed}")
         if not os.path.exists(os.path.join(source, "metrics.json")):
             raise app.UsageError(f"{source}: no finished frozen source run; train it with `python -m "
-                                 f"benchmarks.duch_benchmark --seeds={FLAGS.seeds} --runs=as_intended"
+                                 f"benchmarks.duch_benchmark --seeds={FLAGS.seeds} --runs={FLAGS.source}"
                                  f"{' --validation' if FLAGS.validation else ''}`")
         # Its recorded run folder may be relative to another working directory.
         base = config_lib.apply_overrides(config_lib.load_config(source), {"run_dir": source})
@@ -183,17 +203,14 @@ def main(argv):
                 overrides["tower_learning_rate_factor"] = factor
             config = config_lib.apply_overrides(base, overrides)
             rows[key][seed] = seeded_runs.train_or_reuse(config, "rsicd")
-            recorded = config_lib.load_config(config.train.run_dir).train.tower_learning_rate_factor
-            if factor is not None and recorded != factor:
-                raise app.UsageError(f"{config.train.run_dir}: a finished run with the tops' learning-rate factor "
-                                     f"{recorded:g}, not {factor:g}; move it away")
+            check_reused(config, source, factor)
             nn[key].append(one_nn_accuracy(config.train.run_dir, config))
 
     cell, collect = seeded_runs.cell, seeded_runs.collect
     frozen_wall = collect(rows["frozen_100"], lambda m: m["process"]["wall_s"])
     lines = [f"Tower mode on RSICD-AID, 64 bits, {split_name} mAP@20 (authors' definition), mean +- sd over seeds "
              f"{', '.join(str(s) for s in rows['frozen_100'])}. Rows `<setting>_lr<factor>_+{FLAGS.tuned_epochs}` "
-             f"continue the frozen 100-epoch run of the same seed for {FLAGS.tuned_epochs} epochs (`train "
+             f"continue the frozen 100-epoch `{FLAGS.source}` run of the same seed for {FLAGS.tuned_epochs} epochs (`train "
              "--init_from`), the tops at <factor> times the heads' learning rate; "
              "`frozen_+N` is the control (as many more epochs, nothing tuned).", "",
              "| run | I->T | T->I | I->I | T->T | I->T continuous | T->I continuous | 1-NN image accuracy | "

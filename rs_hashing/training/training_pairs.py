@@ -20,7 +20,9 @@ addresses the same rows of the model's binary-target table as the whole set.
 
 A store of cached activations (trainable encoder tops) gives batches of activations in
 the store's dtype (float16 by default; the model casts them), and token states come
-with their padding masks (`text_mask`, `text_aug_mask`).
+with their padding masks (`text_mask`, `text_aug_mask`), cut to the batch's longest
+caption (the top masks padding, so the cut changes no value and saves a third of the
+text top's work on RSICD, whose captions are 14 tokens long on average, 42 at most).
 """
 
 from __future__ import annotations
@@ -149,14 +151,21 @@ class TrainingPairs:
         batch = {
             "image": self.image[items],
             "image_aug": self.image_aug[items],
-            "text": self.text_pool[captions],
-            "text_aug": self.text_aug_pool[captions],
             "index": self.item_ids[items].astype(np.int32),
             "pair_weights": self.pair_weights[captions],
         }
-        if self.text_mask_pool is not None:
-            batch["text_mask"] = self.text_mask_pool[captions]
-            batch["text_aug_mask"] = self.text_aug_mask_pool[captions]
+        if self.text_mask_pool is None:
+            batch["text"], batch["text_aug"] = self.text_pool[captions], self.text_aug_pool[captions]
+            return batch
+        # Token states are cut to the batch's longest caption of each view: the top
+        # masks padding, so the dropped columns (padding in every caption of the batch)
+        # change nothing but the step's cost.
+        for view, states, masks in (("text", self.text_pool, self.text_mask_pool),
+                                    ("text_aug", self.text_aug_pool, self.text_aug_mask_pool)):
+            mask = masks[captions]
+            real = np.flatnonzero(mask.any(axis=0))
+            longest = int(real[-1]) + 1 if len(real) else 1
+            batch[view], batch[f"{view}_mask"] = states[captions, :longest], mask[:, :longest]
         return batch
 
     def epoch_chunks(self, mode: str, batch_size: int, seed: int, first_epoch: int,
@@ -179,8 +188,15 @@ class TrainingPairs:
         """Batches for `model.fit(..., initial_epoch=first_epoch, epochs=epochs)`, of
         `batch_size` pairs but the last of each epoch (batch dimension None)."""
         first = self.batch(np.arange(1), self.chosen[:1])
-        signature = {name: tf.TensorSpec([None, *value.shape[1:]], tf.as_dtype(value.dtype))
-                     for name, value in first.items()}
+        tokens = self.text_mask_pool is not None
+
+        def spec(name: str, value: np.ndarray) -> tf.TensorSpec:
+            shape = [None, *value.shape[1:]]
+            if tokens and name.startswith("text"):
+                shape[1] = None  # token columns: each batch's longest caption (`batch`)
+            return tf.TensorSpec(shape, tf.as_dtype(value.dtype))
+
+        signature = {name: spec(name, value) for name, value in first.items()}
         return tf.data.Dataset.from_generator(
             lambda: self.batches(mode, batch_size, seed, first_epoch, epochs),
             output_signature=signature).prefetch(2)

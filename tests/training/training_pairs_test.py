@@ -126,3 +126,40 @@ def test_tf_dataset_batches_have_an_open_batch_dimension():
     data = pairs.dataset("one", 4, seed=0, first_epoch=0, epochs=2)
     assert all(spec.shape[0] is None for spec in data.element_spec.values())
     assert [int(batch["index"].shape[0]) for batch in data] == [4, 4, 2] * 2
+
+
+def _token_pairs(lengths, aug_lengths, columns=6, hidden=3):
+    """Training pairs of one caption per item whose token states are cached: caption p
+    has lengths[p] real tokens (state values p + column / 10) then padding."""
+    count = len(lengths)
+
+    def states(lengths):
+        values = np.arange(count)[:, None] + np.arange(columns)[None] / 10
+        mask = (np.arange(columns)[None] < np.asarray(lengths)[:, None]).astype(np.int8)
+        return np.repeat(values[:, :, None], hidden, axis=2).astype(np.float16), mask
+
+    (text, mask), (text_aug, aug_mask) = states(lengths), states(aug_lengths)
+    return TrainingPairs(
+        image=np.zeros((count, 2), np.float32), image_aug=np.zeros((count, 2), np.float32),
+        item_ids=np.arange(count), text_pool=text, text_aug_pool=text_aug,
+        pool_offsets=np.arange(count + 1), chosen=np.arange(count), labels=np.zeros(count, int),
+        noisy=np.zeros(count, bool), pair_weights=np.ones(count, np.float32),
+        text_mask_pool=mask, text_aug_mask_pool=aug_mask)
+
+
+def test_token_states_are_cut_to_the_longest_caption_of_the_batch():
+    pairs = _token_pairs(lengths=[2, 5, 3, 1], aug_lengths=[1, 2, 4, 6])
+    batch = pairs.batch(np.array([0, 2]), np.array([0, 2]))
+    # Captions 0 and 2 have 2 and 3 tokens: 3 columns; their augmented views 1 and 4.
+    assert batch["text"].shape == (2, 3, 3) and batch["text_aug"].shape == (2, 4, 3)
+    np.testing.assert_array_equal(batch["text_mask"], [[1, 1, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(batch["text_aug_mask"], [[1, 0, 0, 0], [1, 1, 1, 1]])
+    np.testing.assert_allclose(batch["text"][1, :, 0], [2.0, 2.1, 2.2], rtol=1e-3)
+    assert pairs.batch(np.array([3]), np.array([3]))["text"].shape == (1, 1, 3)
+    # The whole set: the longest of all.
+    assert pairs.all_views()["text_aug"].shape == (4, 6, 3)
+    data = pairs.dataset("one", 2, seed=0, first_epoch=0, epochs=1)
+    assert data.element_spec["text"].shape.as_list() == [None, None, 3]
+    assert data.element_spec["text_mask"].shape.as_list() == [None, None]
+    lengths = {tuple(sorted(b["index"].numpy())): b["text"].shape[1] for b in data}
+    assert lengths == {ids: max(np.array([2, 5, 3, 1])[list(ids)]) for ids in lengths}
