@@ -60,7 +60,8 @@ flags.DEFINE_string("duch_clean_run", None,
                     "A folder of finished DUCH runs on clean pairs with the same settings, one seed<s> folder per "
                     "seed, reused as DUCH at p = 0.")
 flags.DEFINE_bool("report_only", False,
-                  "Train nothing: write the table and plot from the runs that have finished.")
+                  "Train nothing: write the table and plot from the runs that have finished (as they "
+                  "are: their settings are not checked).")
 flags.DEFINE_list("set", [], "Extra config overrides, key=value (values parsed as Python literals).")
 FLAGS = flags.FLAGS
 
@@ -103,20 +104,18 @@ def run_config(base: config_lib.Config, method: str, noise_rate: float, workdir:
 
 
 # Fields that may differ between a reused clean DUCH run and the one this benchmark would
-# train: paths, the noise injection (nothing is corrupted at p = 0) and CHNR-only settings.
-REUSE_IGNORED = {"data_dir", "features", "run_dir", "clean_fraction", "noise_rate", "noise_seed",
-                 "noise_weighting", "chnr_loss", "detector_hidden", "detector_dropout", "detector_augmented_views",
-                 "phase1_epochs", "phase2_epochs", "detector_learning_rate", "detector_weight_decay"}
+# train, besides paths (`seeded_runs.reuse_differences`): the noise injection (nothing is
+# corrupted at p = 0) and CHNR-only settings.
+REUSE_IGNORED = {"clean_fraction", "noise_rate", "noise_seed", "noise_weighting", "chnr_loss", "detector_hidden",
+                 "detector_dropout", "detector_augmented_views", "phase1_epochs", "phase2_epochs",
+                 "detector_learning_rate", "detector_weight_decay"}
 
 
 def reuse_clean_duch(config: config_lib.Config, run_dir: str) -> dict:
     """metrics.json of `run_dir`, a finished DUCH run trained as `config` would be at p = 0."""
     if config.model.method != "duch" or config.data.noise_rate != 0:
         raise ValueError("only DUCH at noise rate 0 can reuse a clean run")
-    theirs = config_lib.to_dict(config_lib.load_config(run_dir))
-    differences = [f"{group}.{key}: {theirs[group][key]!r} there, {value!r} here"
-                   for group, fields in config_lib.to_dict(config).items() for key, value in fields.items()
-                   if key not in REUSE_IGNORED and theirs[group][key] != value]
+    differences = seeded_runs.reuse_differences(config, config_lib.load_config(run_dir), REUSE_IGNORED)
     if differences:
         raise ValueError(f"--duch_clean_run={run_dir} was trained with other settings: " + "; ".join(differences))
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
@@ -246,8 +245,11 @@ def main(argv):
                                                     seeded_runs.seed_overrides(seed))
                 if method == "duch" and p == 0 and FLAGS.duch_clean_run:
                     runs[seed] = reuse_clean_duch(config, os.path.join(FLAGS.duch_clean_run, f"seed{seed}"))
-                elif FLAGS.report_only and not os.path.exists(os.path.join(workdir, "metrics.json")):
-                    print(f"--- {workdir}: not finished, left out (--report_only)", flush=True)
+                elif FLAGS.report_only:
+                    if os.path.exists(os.path.join(workdir, "metrics.json")):
+                        runs[seed] = seeded_runs.read_finished(workdir)
+                    else:
+                        print(f"--- {workdir}: not finished, left out (--report_only)", flush=True)
                 else:
                     runs[seed] = seeded_runs.train_or_reuse(config, FLAGS.preset)
             if runs:

@@ -11,7 +11,9 @@ The authors' code draws its split and captions from one seed the same way
 Each run is `python -m rs_hashing train` in a child process with the config's fields as
 flags; wall time, CPU time and peak memory (`ru_maxrss`) of that child are written to
 `process.json` beside the run's `metrics.json`. Finished runs are reused, so a killed
-benchmark resumes where it stopped.
+benchmark resumes where it stopped, but only when their recorded config is the one asked
+for (`reuse_differences`): a run left by an older benchmark or another setting is
+refused by name, never counted as this one.
 """
 
 from __future__ import annotations
@@ -48,19 +50,31 @@ def seed_overrides(seed: int, validation: bool = False) -> dict[str, Any]:
     return overrides
 
 
+def _changed_fields(config: config_lib.Config, base: config_lib.Config) -> list[tuple[str, Any]]:
+    """(field, value) of every field where `config` differs from `base` (None: unset)."""
+    new, old = config_lib.to_dict(config), config_lib.to_dict(base)
+    return [(name, value) for section, fields in new.items() for name, value in fields.items()
+            if value != old[section][name] and value is not None]
+
+
+def child_config(config: config_lib.Config, preset: str) -> config_lib.Config:
+    """The config the child run records: `config` with the method's defaults filled in
+    where its flags leave a field at the preset's value (`config_lib.config_from_flags`),
+    e.g. CHNR's third learning-rate step."""
+    given = {name for name, _ in _changed_fields(config, config_lib.get_preset(preset))}
+    return config_lib.apply_method_defaults(config, given=given)
+
+
 def config_flags(config: config_lib.Config, base: config_lib.Config) -> list[str]:
     """`--field=value` for every field where `config` differs from `base`."""
-    flags, new, old = [], config_lib.to_dict(config), config_lib.to_dict(base)
-    for section, fields in new.items():
-        for name, value in fields.items():
-            if value == old[section][name] or value is None:
-                continue
-            if isinstance(value, bool):
-                flags.append(f"--{name}" if value else f"--no{name}")
-            elif isinstance(value, (tuple, list)):
-                flags.append(f"--{name}=" + ",".join(str(v) for v in value))
-            else:
-                flags.append(f"--{name}={value}")
+    flags = []
+    for name, value in _changed_fields(config, base):
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no{name}")
+        elif isinstance(value, (tuple, list)):
+            flags.append(f"--{name}=" + ",".join(str(v) for v in value))
+        else:
+            flags.append(f"--{name}={value}")
     return flags
 
 
@@ -69,13 +83,46 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
+# Where things are: a finished run may have been made from another working directory.
+PATH_FIELDS = frozenset({"data_dir", "caption_file", "image_dir", "label_file", "features", "run_dir"})
+
+
+def _last_folders(path: str, count: int = 2) -> list[str]:
+    return os.path.normpath(path).split(os.sep)[-count:] if path else []
+
+
+def reuse_differences(config: config_lib.Config, recorded: config_lib.Config,
+                      also_ignored: Iterable[str] = ()) -> list[str]:
+    """`section.field: recorded there, asked here` for every field in which a finished
+    run's recorded config differs from `config`, leaving out paths (a warm start's
+    source is compared by its last two folders, `<setting>/seed<s>`) and the tops'
+    learning-rate factor of a run without trainable tops, which nothing reads, and the
+    fields named in `also_ignored`."""
+    ignored = set(PATH_FIELDS | {"init_from"} | set(also_ignored))
+    if not (config.model.image_trainable_stages or config.model.text_trainable_layers):
+        ignored.add("tower_learning_rate_factor")
+    theirs, ours = config_lib.to_dict(recorded), config_lib.to_dict(config)
+    differences = [f"{section}.{name}: {theirs[section][name]!r} there, {value!r} here"
+                   for section, fields in ours.items() for name, value in fields.items()
+                   if name not in ignored and theirs[section][name] != value]
+    if _last_folders(recorded.train.init_from) != _last_folders(config.train.init_from):
+        differences.append(f"train.init_from: {recorded.train.init_from!r} there, {config.train.init_from!r} here")
+    return differences
+
+
 def train_or_reuse(config: config_lib.Config, preset: str, python: str = sys.executable) -> dict:
     """metrics.json of the run `config` describes (its `train.run_dir`), trained first
-    in a child process unless finished; the child's figures are added under "process"."""
+    in a child process unless finished; the child's figures are added under "process".
+    A finished run whose recorded config differs (`reuse_differences`) is refused."""
     run_dir = config.train.run_dir
     metrics_path = os.path.join(run_dir, "metrics.json")
     process_path = os.path.join(run_dir, PROCESS_FILE)
-    if not os.path.exists(metrics_path):
+    if os.path.exists(metrics_path):
+        differences = reuse_differences(child_config(config, preset), config_lib.load_config(run_dir))
+        if differences:
+            raise ValueError(f"{run_dir}: a finished run of other settings ({'; '.join(differences)}); move it "
+                             "away or give another output folder")
+    else:
         os.makedirs(run_dir, exist_ok=True)
         command = [python, "-m", "rs_hashing", "train", f"--preset={preset}", "--verbosity=-1",
                    *config_flags(config, config_lib.get_preset(preset))]
@@ -91,7 +138,14 @@ def train_or_reuse(config: config_lib.Config, preset: str, python: str = sys.exe
         write_json_atomic(process_path, {
             "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "command": command})
-    metrics = _read_json(metrics_path)
+    return read_finished(run_dir)
+
+
+def read_finished(run_dir: str) -> dict:
+    """A finished run's metrics.json, the child's figures under "process" (as they are:
+    no check of its settings)."""
+    metrics = _read_json(os.path.join(run_dir, "metrics.json"))
+    process_path = os.path.join(run_dir, PROCESS_FILE)
     metrics["process"] = _read_json(process_path) if os.path.exists(process_path) else {}
     return metrics
 

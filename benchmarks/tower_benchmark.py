@@ -86,24 +86,6 @@ def run_name(setting: str, factor: float, epochs: int) -> str:
     return f"frozen_+{epochs}" if setting == "frozen" else f"{setting}_lr{factor:g}_+{epochs}"
 
 
-def _setting_and_seed(run_dir: str) -> list[str]:
-    """A source run's last two folders: `<setting>_64`, `seed<s>`."""
-    return os.path.normpath(run_dir).split(os.sep)[-2:]
-
-
-def check_reused(config: config_lib.Config, source: str, factor: float | None) -> None:
-    """A finished run found in a continuation's folder must continue `source` (its
-    recorded path may be relative to another working directory: the setting and seed
-    folders must agree) with the tops at `factor`; else it was made for another row."""
-    recorded = config_lib.load_config(config.train.run_dir).train
-    if factor is not None and recorded.tower_learning_rate_factor != factor:
-        raise app.UsageError(f"{config.train.run_dir}: a finished run with the tops' learning-rate factor "
-                             f"{recorded.tower_learning_rate_factor:g}, not {factor:g}; move it away")
-    if _setting_and_seed(recorded.init_from) != _setting_and_seed(source):
-        raise app.UsageError(f"{config.train.run_dir}: a finished run that continues {recorded.init_from}, not "
-                             f"{source}; give another --out or move it away")
-
-
 def one_nn_accuracy(run_dir: str, config: config_lib.Config) -> float:
     """Scene accuracy of each query image's nearest database image by the cosine of the
     image encoder's features: the tuned top's when the run has one, else the store's."""
@@ -202,8 +184,8 @@ def main(argv):
             if factor is not None:
                 overrides["tower_learning_rate_factor"] = factor
             config = config_lib.apply_overrides(base, overrides)
+            # A finished run of another source or factor is refused (`seeded_runs.reuse_differences`).
             rows[key][seed] = seeded_runs.train_or_reuse(config, "rsicd")
-            check_reused(config, source, factor)
             nn[key].append(one_nn_accuracy(config.train.run_dir, config))
 
     cell, collect = seeded_runs.cell, seeded_runs.collect

@@ -20,7 +20,10 @@ def _finished_run(root: str, config: config_lib.Config, i2t: float) -> str:
 
 
 def test_reuses_a_clean_run_that_differs_only_in_paths_and_noise_fields(tmp_path):
-    theirs = tiny_config(data_dir="/elsewhere/rsicd", features="/elsewhere/store", run_dir="/elsewhere/run")
+    # Also in the tops' learning-rate factor, which a frozen run never reads (its default
+    # changed after the clean runs were made).
+    theirs = tiny_config(data_dir="/elsewhere/rsicd", features="/elsewhere/store", run_dir="/elsewhere/run",
+                         tower_learning_rate_factor=0.1)
     ours = config_lib.apply_overrides(tiny_config(), {"clean_fraction": 0.2, "noise_weighting": "cubed",
                                                       "phase1_epochs": 3, "run_dir": str(tmp_path / "w")})
     run = _finished_run(str(tmp_path), theirs, i2t=0.625)

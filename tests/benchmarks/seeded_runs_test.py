@@ -64,3 +64,39 @@ def test_the_duch_benchmarks_default_row_is_the_presets_default():
             "c.to_dict(c.apply_overrides(p, d.RUNS['as_intended'])) == c.to_dict(p))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "False"]
+
+
+def test_a_finished_run_of_other_settings_is_refused_not_reused(tmp_path):
+    base = config_lib.apply_overrides(config_lib.get_preset("rsicd"), {
+        "run_dir": "/a/runs/x/seed42", "features": "/a/feats", "init_from": "/a/runs/duch/as_intended_64/seed42"})
+    moved = config_lib.apply_overrides(base, {
+        "run_dir": "runs/x/seed42", "features": "feats", "init_from": "runs/duch/as_intended_64/seed42"})
+    # Paths, and the tops' factor of a frozen run (nothing reads it), do not count.
+    assert seeded_runs.reuse_differences(moved, base) == []
+    assert seeded_runs.reuse_differences(config_lib.apply_overrides(moved, {"tower_learning_rate_factor": 0.1}),
+                                         base) == []
+    tuned = config_lib.apply_overrides(base, {"image_trainable_stages": 1})
+    assert seeded_runs.reuse_differences(config_lib.apply_overrides(tuned, {"tower_learning_rate_factor": 0.1}),
+                                         tuned) == ["train.tower_learning_rate_factor: 10.0 there, 0.1 here"]
+    other_source = config_lib.apply_overrides(base, {"init_from": "/a/runs/duch/as_intended_random_64/seed42"})
+    assert [d.split(":")[0] for d in seeded_runs.reuse_differences(other_source, base)] == ["train.init_from"]
+    assert seeded_runs.reuse_differences(config_lib.apply_overrides(base, {"temperature": 0.5}), base) == [
+        "model.temperature: 1.0 there, 0.5 here"]
+    # train_or_reuse refuses such a run before anything is trained.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    recorded = config_lib.apply_overrides(base, {"run_dir": str(run_dir)})
+    config_lib.save_config(recorded, str(run_dir))
+    (run_dir / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"run: a finished run of other settings \(model.bits: 64 there, 32 here\)"):
+        seeded_runs.train_or_reuse(config_lib.apply_overrides(recorded, {"bits": 32}), "rsicd")
+    assert seeded_runs.train_or_reuse(recorded, "rsicd") == {"process": {}}
+
+
+def test_a_chnr_run_records_its_methods_defaults_so_its_reuse_expects_them():
+    chnr = config_lib.apply_overrides(config_lib.get_preset("rsicd"), {"method": "chnr"})
+    assert seeded_runs.child_config(chnr, "rsicd").train.lr_decay_epochs == (1, 51, 101)
+    two_steps = config_lib.apply_overrides(chnr, {"lr_decay_epochs": (1, 61)})
+    assert seeded_runs.child_config(two_steps, "rsicd").train.lr_decay_epochs == (1, 61)  # given: kept
+    duch = config_lib.get_preset("rsicd")
+    assert seeded_runs.child_config(duch, "rsicd") == duch

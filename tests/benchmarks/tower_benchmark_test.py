@@ -60,19 +60,3 @@ def test_untuned_tops_on_a_float32_cache_give_the_frozen_runs_map(tmp_path):
     for task, value in results["map@20"].items():
         assert untuned[task] == pytest.approx(value, abs=0.02), task
 
-
-def test_a_finished_continuation_is_reused_only_for_its_source_and_factor(tmp_path):
-    from rs_hashing import config as config_lib  # pylint: disable=import-outside-toplevel
-
-    run_dir = tmp_path / "test" / "image1_lr10_+10" / "seed42"
-    run_dir.mkdir(parents=True)
-    recorded = config_lib.apply_overrides(config_lib.get_preset("smoke"), {
-        "run_dir": str(run_dir), "init_from": "/elsewhere/runs/duch_benchmark/test/as_intended_64/seed42",
-        "tower_learning_rate_factor": 10.0})
-    config_lib.save_config(recorded, str(run_dir))
-    # The same source from another working directory, the same factor: reused.
-    tower_benchmark.check_reused(recorded, "runs/duch_benchmark/test/as_intended_64/seed42", 10.0)
-    with pytest.raises(app.UsageError, match="continues .*as_intended_64/seed42, not .*as_intended_random_64"):
-        tower_benchmark.check_reused(recorded, "runs/duch_benchmark/test/as_intended_random_64/seed42", 10.0)
-    with pytest.raises(app.UsageError, match="factor 10, not 1;"):
-        tower_benchmark.check_reused(recorded, "runs/duch_benchmark/test/as_intended_64/seed42", 1.0)
