@@ -9,10 +9,16 @@ config flags (--image_encoder, --text_encoder, --image_size, --encode_batch_size
 --precision, ...). With --image_trainable_stages or --text_trainable_layers above 0 the
 store caches the activations entering the encoders' trainable tops instead of their
 features (--activation_dtype, float16 by default); train with the same flags.
+--reuse_from=STORE[,STORE] takes the image or caption arrays of finished stores of the
+same data and encoders whose encoders are cut as this store's on that side (a store
+with both tops from one with the image top and one with the text top) instead of
+encoding them again.
 """
 
 import json
 import os
+
+from absl import flags
 
 from rs_hashing.cli import config_flags
 from rs_hashing.cli.errors import USER_ERRORS, exit_with_error
@@ -20,6 +26,12 @@ from rs_hashing.data.loaders import load_dataset
 from rs_hashing.features.extraction import extract_features
 
 DEFAULT_PRESET = "demo"
+
+
+def define_flags() -> list[str]:
+    flags.DEFINE_list("reuse_from", [], "Finished feature stores of the same data and encoders whose image or caption "
+                      "arrays this store would compute alike (the same cut on that side): taken, not encoded again.")
+    return ["reuse_from"]
 
 
 def main(argv):
@@ -31,7 +43,7 @@ def main(argv):
             raise ValueError("--features is empty: give the feature store folder to write")
         dataset = load_dataset(config.data)
         print(dataset.summary(), flush=True)
-        store = extract_features(config, dataset, out)
+        store = extract_features(config, dataset, out, reuse_from=flags.FLAGS.reuse_from)
     except USER_ERRORS as e:
         exit_with_error(e)
     size_mb = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".npy")) / 2**20

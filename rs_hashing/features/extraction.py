@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Sequence
 
 from rs_hashing import config as config_lib
 from rs_hashing.data.caption_augmenter import CaptionAugmenter
@@ -90,8 +91,37 @@ def _finished_store(out_dir: str, dataset: CaptionDataset, info: dict) -> Featur
     return store if made_with == wanted else None
 
 
+def _array_side(towers: dict | None, side: str) -> tuple[str | None, str]:
+    """(where the encoder is cut on `side`, None for features; the arrays' dtype) of a
+    manifest's `towers` entry (None: a store of frozen float32 features)."""
+    return (None, "float32") if not towers else (towers.get(f"{side}_cut"), towers["dtype"])
+
+
+def reusable_sides(store: FeatureStore, info: dict) -> tuple[bool, bool]:
+    """(images, captions): which arrays of `store` an extraction described by `info`
+    would compute alike, so can take as they are: those of a side whose encoder is cut
+    at the same layer (or not at all on both), in the same dtype or in float32 (cast
+    as extraction casts). The store must have been made with the same encoders,
+    augmenters and settings (every `ENCODER_INFO_KEYS` entry but the cut); else a
+    FeatureStoreError names what differs."""
+    keys = [key for key in ENCODER_INFO_KEYS if key != "towers"]
+    made_with = {key: store.manifest.get(key) for key in keys}
+    wanted = json.loads(json.dumps({key: info.get(key) for key in keys}))
+    differ = [key for key in keys if made_with[key] != wanted[key]]
+    if differ:
+        raise FeatureStoreError(f"{store.path}: made with other {', '.join(differ)} than this extraction; none of "
+                                "its arrays can be reused")
+    sides = []
+    for side in ("image", "text"):
+        (cut, kind), (our_cut, our_kind) = _array_side(store.manifest.get("towers"), side), _array_side(
+            info.get("towers"), side)
+        sides.append(cut == our_cut and kind in (our_kind, "float32"))
+    return sides[0], sides[1]
+
+
 def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir: str,
-                     progress: bool = True, encoders: FrozenEncoders | None = None) -> FeatureStore:
+                     progress: bool = True, encoders: FrozenEncoders | None = None,
+                     reuse_from: Sequence[str] = ()) -> FeatureStore:
     """Extracts (or resumes extracting) the features of `dataset` into `out_dir`; a
     finished store of the same data and encoder settings is reused as it is.
 
@@ -102,6 +132,11 @@ def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir
         progress: show progress bars.
         encoders: the config's encoders, when the caller already has them (built on
             first use otherwise; a reused store builds none).
+        reuse_from: complete stores of the same data and encoders whose image or
+            caption arrays this store would compute alike (`reusable_sides`: e.g. a
+            store with the image top and one with the text top, for both tops); their
+            arrays are taken instead of encoding again. A store that offers neither
+            side, or was made otherwise, is refused by name.
     """
     features = config.features
     encoders = encoders or FrozenEncoders(features, dtype_policy=features.precision)
@@ -117,4 +152,15 @@ def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir
         image_augmenter.augment, caption_augmenter.augment, batch_size=features.encode_batch_size,
         progress=progress, radiometry=radiometry_of(features),
         dtype=features.activation_dtype if towers.trainable else "float32")
+    taken = {"image": None, "text": None}
+    for path in reuse_from:
+        source = FeatureStore.open(path, dataset, check_values=False)
+        images, texts = reusable_sides(source, info)
+        images, texts = images and taken["image"] is None, texts and taken["text"] is None
+        if not (images or texts):
+            raise FeatureStoreError(f"{path}: offers nothing to reuse (its encoders are cut elsewhere, or its "
+                                    f"arrays are not float32 nor {extractor.dtype}, or an earlier store gave the same "
+                                    "side)")
+        extractor.seed_shards(dataset, out_dir, info, source, images, texts)
+        taken.update({side: path for side, used in (("image", images), ("text", texts)) if used})
     return extractor.extract(dataset, out_dir, info)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from rs_hashing.atomic_files import save_array_atomic, write_json_atomic
 from rs_hashing.data.caption_dataset import CaptionDataset
-from rs_hashing.errors import DatasetError
+from rs_hashing.errors import DatasetError, FeatureStoreError
 from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.features.image_pipeline import (
     ENCODED_FORMATS, MAX_IMAGE_PIXELS, is_raster_path, load_pixels, raster_size, read_raster, reduce_image,
@@ -296,6 +296,51 @@ class FeatureExtractor:
         shutil.rmtree(shard_dir)  # The store is complete; shards only served resuming.
         self.report = report
         return FeatureStore.open(out_dir, dataset)
+
+    def seed_shards(self, dataset: CaptionDataset, out_dir: str, info: dict, source: FeatureStore,
+                    images: bool, texts: bool) -> None:
+        """Writes, from `source` (a complete store of the same data, encoders and
+        augmenters), the shards `extract` would compute for its images and/or its
+        captions, so that `extract` reuses them: for a store whose encoders are cut as
+        another store's on one side (e.g. both tops, from a store with the image top and
+        one with the text top). The caller checks that `source` was made so; its arrays
+        must be in this extraction's dtype or float32 (cast as `extract` casts)."""
+        shard_dir = os.path.join(out_dir, "shards")
+        os.makedirs(shard_dir, exist_ok=True)
+        self._check_resume_key(out_dir, dataset, info)
+        for name in (("image", "image_aug") if images else ()) + (("text", "text_aug") if texts else ()):
+            kind = np.asarray(getattr(source, name)[:1]).dtype
+            if kind not in (self.dtype, np.float32):
+                raise FeatureStoreError(f"{source.path}/{name}.npy: {kind}, cannot give {self.dtype} shards")
+        if images:
+            for s, start in enumerate(range(0, len(dataset), self.shard_size)):
+                for name in ("image", "image_aug"):
+                    path = os.path.join(shard_dir, f"{name}_{s:05d}.npy")
+                    if not os.path.exists(path):
+                        rows = getattr(source, name)[start:start + self.shard_size]
+                        save_array_atomic(path, np.asarray(rows, self.dtype))
+        if not texts:
+            return
+        captions = {"text": dataset.flat_captions()[0]}
+        captions["text_aug"] = self.augmented_captions(captions["text"])
+        with open(os.path.join(source.path, "captions.json"), encoding="utf-8") as f:
+            if json.load(f) != captions:
+                raise FeatureStoreError(f"{source.path}/captions.json: other captions or augmented captions than "
+                                        "this extraction's; its caption features cannot be reused")
+        unique = sorted(set(captions["text"]) | set(captions["text_aug"]))
+        position = {t: i for i, t in enumerate(unique)}
+        states = np.zeros((len(unique), *source.text.shape[1:]), self.dtype)
+        masks = None if source.text_mask is None else np.zeros((len(unique), source.text_mask.shape[1]), np.int8)
+        for name in ("text", "text_aug"):
+            rows = np.array([position[t] for t in captions[name]])
+            states[rows] = getattr(source, name)
+            if masks is not None:
+                masks[rows] = getattr(source, f"{name}_mask")
+        size = self.shard_size * 4  # unique captions a shard, as `_encode_texts` cuts them
+        for s, start in enumerate(range(0, len(unique), size)):
+            if masks is not None:  # The mask first, as `_encode_texts` writes them.
+                save_array_atomic(os.path.join(shard_dir, f"text_mask_{s:05d}.npy"), masks[start:start + size])
+            save_array_atomic(os.path.join(shard_dir, f"text_{s:05d}.npy"), states[start:start + size])
 
     @staticmethod
     def _check_resume_key(out_dir: str, dataset: CaptionDataset, info: dict) -> None:

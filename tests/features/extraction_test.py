@@ -49,3 +49,38 @@ def test_a_frozen_config_writes_the_manifest_of_before_and_reuses_it(archive, tm
 
 def _no_extraction(*args, **kwargs):
     raise AssertionError("a finished store of the same settings must be reused")
+
+
+def _no_encoding(*args, **kwargs):
+    raise AssertionError("arrays offered by --reuse_from must not be encoded again")
+
+
+def test_a_store_takes_the_arrays_of_stores_cut_alike_instead_of_encoding_them(archive, tmp_path, monkeypatch):
+    from rs_hashing.encoders.encoder_towers import EncoderTowers  # pylint: disable=import-outside-toplevel
+    from rs_hashing.errors import FeatureStoreError  # pylint: disable=import-outside-toplevel
+
+    _, data, dataset = archive
+
+    def extract(name, stages, layers, reuse_from=(), **overrides):
+        config = tower_config(data, tmp_path / name, stages=stages, layers=layers, **overrides)
+        return extraction.extract_features(config, dataset, config.features.features, progress=False,
+                                           reuse_from=[store.path for store in reuse_from])
+
+    frozen, image_top, text_top, both = extract("frozen", 0, 0), extract("image", 1, 0), extract("text", 0, 1), \
+        extract("both", 1, 1)
+    monkeypatch.setattr(FeatureExtractor, "_image_shard", _no_encoding)
+    # The frozen store's float32 image features, cast, are the text-top store's image side.
+    text_again = extract("text_again", 0, 1, reuse_from=[frozen])
+    np.testing.assert_array_equal(text_again.image, text_top.image)
+    assert text_again.image.dtype == np.float16 and text_again.manifest["extraction"]["shards_computed"] == 0
+    # Both tops from the image-top store's maps and the text-top store's token states.
+    monkeypatch.setattr(EncoderTowers, "encode_text_states", _no_encoding)
+    reused = extract("both_again", 1, 1, reuse_from=[image_top, text_top])
+    for name in ("image", "image_aug", "text", "text_aug", "text_mask", "text_aug_mask"):
+        np.testing.assert_array_equal(getattr(reused, name), getattr(both, name), err_msg=name)
+    assert reused.towers == both.towers
+    with pytest.raises(FeatureStoreError, match="frozen/store: offers nothing to reuse"):
+        extract("refused", 1, 1, reuse_from=[frozen])
+    with pytest.raises(FeatureStoreError, match="image/store: made with other augment_seed, image_augmenter, "
+                                                "caption_augmenter than this extraction"):
+        extract("refused_seed", 1, 1, reuse_from=[image_top], augment_seed=7)
