@@ -83,12 +83,17 @@ def _finished_store(out_dir: str, dataset: CaptionDataset, info: dict) -> Featur
         store = FeatureStore.open(out_dir, dataset)
     except FeatureStoreError:
         return None
-    made_with = {key: store.manifest.get(key) for key in ENCODER_INFO_KEYS}
-    if made_with["towers"]:  # The writer added the arrays' shapes.
+    return store if not _differing_settings(store.manifest, info, ENCODER_INFO_KEYS) else None
+
+
+def _differing_settings(manifest: dict, info: dict, keys) -> list[str]:
+    """The `keys` whose entry in a store's manifest differs from an extraction's `info`."""
+    made_with = {key: manifest.get(key) for key in keys}
+    if made_with.get("towers"):  # The writer added the arrays' shapes.
         made_with["towers"] = {k: v for k, v in made_with["towers"].items() if k not in SHAPE_KEYS}
     # Compared as JSON gives them back: the manifest's lists are the info's tuples.
-    wanted = json.loads(json.dumps({key: info.get(key) for key in ENCODER_INFO_KEYS}))
-    return store if made_with == wanted else None
+    wanted = json.loads(json.dumps({key: info.get(key) for key in keys}))
+    return [key for key in keys if made_with[key] != wanted[key]]
 
 
 def _array_side(towers: dict | None, side: str) -> tuple[str | None, str]:
@@ -104,10 +109,7 @@ def reusable_sides(store: FeatureStore, info: dict) -> tuple[bool, bool]:
     as extraction casts). The store must have been made with the same encoders,
     augmenters and settings (every `ENCODER_INFO_KEYS` entry but the cut); else a
     FeatureStoreError names what differs."""
-    keys = [key for key in ENCODER_INFO_KEYS if key != "towers"]
-    made_with = {key: store.manifest.get(key) for key in keys}
-    wanted = json.loads(json.dumps({key: info.get(key) for key in keys}))
-    differ = [key for key in keys if made_with[key] != wanted[key]]
+    differ = _differing_settings(store.manifest, info, [key for key in ENCODER_INFO_KEYS if key != "towers"])
     if differ:
         raise FeatureStoreError(f"{store.path}: made with other {', '.join(differ)} than this extraction; none of "
                                 "its arrays can be reused")
@@ -152,15 +154,15 @@ def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir
         image_augmenter.augment, caption_augmenter.augment, batch_size=features.encode_batch_size,
         progress=progress, radiometry=radiometry_of(features),
         dtype=features.activation_dtype if towers.trainable else "float32")
-    taken = {"image": None, "text": None}
+    taken = set()  # the sides an earlier store gave
     for path in reuse_from:
         source = FeatureStore.open(path, dataset, check_values=False)
         images, texts = reusable_sides(source, info)
-        images, texts = images and taken["image"] is None, texts and taken["text"] is None
+        images, texts = images and "image" not in taken, texts and "text" not in taken
         if not (images or texts):
             raise FeatureStoreError(f"{path}: offers nothing to reuse (its encoders are cut elsewhere, or its "
                                     f"arrays are not float32 nor {extractor.dtype}, or an earlier store gave the same "
                                     "side)")
         extractor.seed_shards(dataset, out_dir, info, source, images, texts)
-        taken.update({side: path for side, used in (("image", images), ("text", texts)) if used})
+        taken.update(side for side, used in (("image", images), ("text", texts)) if used)
     return extractor.extract(dataset, out_dir, info)
