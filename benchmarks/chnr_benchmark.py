@@ -227,7 +227,9 @@ def plot_map_vs_noise(rates: list[float], results: dict, path: str) -> str:
 
 def main(argv):
     del argv
+    # Both methods on frozen encoders, as the papers (DUCH's default tunes the image top after).
     base = config_lib.apply_overrides(config_lib.get_preset(FLAGS.preset), {
+        "image_trainable_stages": 0,
         "data_dir": FLAGS.data_dir, "features": FLAGS.features, "bits": FLAGS.bits, "epochs": FLAGS.epochs,
         "phase1_epochs": FLAGS.phase1_epochs, "phase2_epochs": FLAGS.phase2_epochs,
         "clean_fraction": FLAGS.clean_fraction, "caption_mode": FLAGS.caption_mode, **extra_overrides()})

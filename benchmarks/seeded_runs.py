@@ -84,7 +84,8 @@ def _read_json(path: str) -> dict:
 
 
 # Where things are: a finished run may have been made from another working directory.
-PATH_FIELDS = frozenset({"data_dir", "caption_file", "image_dir", "label_file", "features", "run_dir"})
+PATH_FIELDS = frozenset({"data_dir", "caption_file", "image_dir", "label_file", "features", "tuned_features",
+                         "run_dir"})
 
 
 def _last_folders(path: str, count: int = 2) -> list[str]:
@@ -95,12 +96,15 @@ def reuse_differences(config: config_lib.Config, recorded: config_lib.Config,
                       also_ignored: Iterable[str] = ()) -> list[str]:
     """`section.field: recorded there, asked here` for every field in which a finished
     run's recorded config differs from `config`, leaving out paths (a warm start's
-    source is compared by its last two folders, `<setting>/seed<s>`) and the tops'
-    learning-rate factor of a run without trainable tops, which nothing reads, and the
-    fields named in `also_ignored`."""
+    source is compared by its last two folders, `<setting>/seed<s>`), the tops'
+    learning-rate factor and tuned epochs of a run without trainable tops, and the tuned
+    epochs of a continuation (`init_from`), which nothing reads, and the fields named in
+    `also_ignored`."""
     ignored = set(PATH_FIELDS | {"init_from"} | set(also_ignored))
     if not (config.model.image_trainable_stages or config.model.text_trainable_layers):
-        ignored.add("tower_learning_rate_factor")
+        ignored.update({"tower_learning_rate_factor", "tuned_epochs"})
+    if config.train.init_from:
+        ignored.add("tuned_epochs")
     theirs, ours = config_lib.to_dict(recorded), config_lib.to_dict(config)
     differences = [f"{section}.{name}: {theirs[section][name]!r} there, {value!r} here"
                    for section, fields in ours.items() for name, value in fields.items()

@@ -25,7 +25,7 @@ from rs_hashing.data import sentinel2_default
 from rs_hashing.data.caption_dataset import CaptionDataset
 from rs_hashing.data.loaders import load_dataset
 from rs_hashing.encoders.frozen_encoders import FrozenEncoders
-from rs_hashing.features.extraction import extract_features
+from rs_hashing.features.extraction import extract_run_stores
 from rs_hashing.features.feature_store import FeatureStore
 from rs_hashing.hashing_model import HashingModel
 from rs_hashing.index.hamming_index import HammingIndex
@@ -36,7 +36,8 @@ def search_by_text(queries: list[str], model: HashingModel, store: FeatureStore,
     """Top-k archive images (all images of the dataset) for each typed caption.
 
     The archive's codes come from the stored image features through the trained image
-    head (the features are the encoder's outputs for these very images).
+    head (the features are the encoder's outputs for these very images; with a tuned
+    image top, `store` is the run's own store of the activations entering it).
     """
     query_codes = model.encode_texts(queries).codes
     archive_codes = binarize(np.asarray(model.heads.encode_image(np.asarray(store.image), training=False)))
@@ -114,7 +115,10 @@ def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], ve
     # Encoders are shared with the exports only when built at full precision.
     policy = None if config.features.precision == "float32" else config.features.precision
     encoders = FrozenEncoders(config.features, dtype_policy=policy)
-    store = extract_features(config, dataset, features_dir, encoders=encoders)
+    config = config_lib.apply_overrides(config, {"features": features_dir})
+    # The stores of every stage (a two-stage run's frozen and tuned stores); the last is
+    # the one the finished run's heads read.
+    store = extract_run_stores(config, dataset, encoders=encoders)[-1]
     timings["features_s"] = time.perf_counter() - t
     config = config_lib.apply_overrides(config, {"features": features_dir,
                                                  "run_dir": os.path.join(workdir, "run")})

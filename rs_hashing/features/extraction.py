@@ -21,6 +21,7 @@ from rs_hashing.errors import FeatureStoreError
 from rs_hashing.features.feature_extractor import FeatureExtractor
 from rs_hashing.features.feature_store import MANIFEST, SHAPE_KEYS, FeatureStore
 from rs_hashing.features.image_pipeline import radiometry_of
+from rs_hashing.training import stages
 
 # Manifest fields that describe how features were made; a complete store whose manifest
 # agrees on all of them is reused instead of extracted again.
@@ -166,3 +167,26 @@ def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir
         extractor.seed_shards(dataset, out_dir, info, source, images, texts)
         taken.update(side for side, used in (("image", images), ("text", texts)) if used)
     return extractor.extract(dataset, out_dir, info)
+
+
+def extract_run_stores(config: config_lib.Config, dataset: CaptionDataset, progress: bool = True,
+                       encoders: FrozenEncoders | None = None, reuse_from: Sequence[str] = ()) -> list[FeatureStore]:
+    """Every feature store that training `config` reads, extracted or reused, in order
+    (`stages.store_configs`: the frozen store, then the tuned stage's store of a
+    two-stage run; else the config's own store at `features.features`).
+
+    The tuned stage's store takes the frozen store's arrays of the side whose encoder
+    stays whole in both (the captions, when only the image top trains), instead of
+    encoding them again. `reuse_from` is for the first store (`extract_features`).
+    """
+    configs = stages.store_configs(config)
+    encoders = encoders or FrozenEncoders(config.features, dtype_policy=config.features.precision)
+    made = []
+    for i, store_config in enumerate(configs):
+        sources = list(reuse_from) if i == 0 else [configs[0].features.features] if not all(stages.tops(config)) else []
+        if len(configs) > 1 and progress:
+            print(f"Feature store {i + 1} of {len(configs)} ({'frozen stage' if i == 0 else 'tuned stage'}): "
+                  f"{store_config.features.features}", flush=True)
+        made.append(extract_features(store_config, dataset, store_config.features.features, progress, encoders,
+                                     reuse_from=sources))
+    return made

@@ -23,7 +23,7 @@ from rs_hashing.training.training_pairs import TrainingPairs
 
 def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 2,
           pairs_hook: Callable[[TrainingPairs], None] | None = None,
-          dataset: CaptionDataset | None = None, overwrite: bool = False) -> dict:
+          dataset: CaptionDataset | None = None, overwrite: bool = False, extra: dict | None = None) -> dict:
     """Trains DUCH on the configured features, evaluates, and writes the run folder.
 
     Args:
@@ -33,6 +33,7 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
       pairs_hook: called with the training pairs before training (e.g. to set weights).
       dataset: the config's dataset when the caller has already loaded it.
       overwrite: start a fresh run in a folder that holds one (see `run_folder.start_run`).
+      extra: more fields for metrics.json (e.g. a two-stage run's frozen stage).
     Returns: the content of metrics.json.
     """
     started = time.perf_counter()
@@ -61,7 +62,7 @@ def train(config: config_lib.Config, workdir: str | None = None, verbose: int = 
                                               first_epoch=first_epoch)
         run_kit.fit_hashing(model, pairs, config, first_epoch, t.epochs, callbacks, verbose)
     extra = {"train_seconds": round(time.perf_counter() - started, 1), "epochs": t.epochs,
-             "resumed_from_epoch": first_epoch}
+             "resumed_from_epoch": first_epoch, **(extra or {})}
     if warm_from:
         extra["init_from"] = warm_from
     if data.noise is not None:

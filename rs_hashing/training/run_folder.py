@@ -121,16 +121,31 @@ def start_run(config: config_lib.Config, workdir: str | None = None, overwrite: 
 
     A folder that holds a run of another config (see `config_differences`) is refused
     before anything is written, and so is one with run files but no config.json; the
-    same config resumes. `overwrite` starts a fresh run instead: the previous run's files
-    are removed first (`clear_run`).
+    same config resumes (`check_run_folder`). `overwrite` starts a fresh run instead: the
+    previous run's files are removed first (`clear_run`).
     """
+    workdir = check_run_folder(config, workdir, overwrite)
+    config_path = os.path.join(workdir, "config.json")
+    if overwrite:
+        clear_run(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if not os.path.exists(config_path):  # A resumed run keeps its config.json as it is.
+        config_lib.save_config(config, workdir)
+    return workdir
+
+
+def check_run_folder(config: config_lib.Config, workdir: str | None = None, overwrite: bool = False) -> str:
+    """The run folder (`workdir` or the config's) if `config` may train there, writing
+    nothing: a fresh folder, one of the same config (resumed), or any with `overwrite`.
+    Raises `RunConflictError` for a folder of another config (naming each differing
+    field) or with run files but no readable config.json."""
     workdir = workdir or config.train.run_dir
     if not workdir:
         raise ValueError("run_dir is empty: give the run folder (--run_dir)")
     config_path = os.path.join(workdir, "config.json")
     if overwrite:
-        clear_run(workdir)
-    elif os.path.exists(config_path):
+        return workdir
+    if os.path.exists(config_path):
         try:
             previous = config_lib.load_config(config_path)
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -148,9 +163,6 @@ def start_run(config: config_lib.Config, workdir: str | None = None, overwrite: 
         raise RunConflictError(
             f"{workdir}: holds run files ({', '.join(_run_files_present(workdir))}) but no config.json, so whose "
             "run they are is unknown: give another --run_dir, or --overwrite to start a fresh run here")
-    os.makedirs(workdir, exist_ok=True)
-    if not os.path.exists(config_path):  # A resumed run keeps its config.json as it is.
-        config_lib.save_config(config, workdir)
     return workdir
 
 

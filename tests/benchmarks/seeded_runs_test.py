@@ -54,27 +54,40 @@ def test_a_run_trains_in_a_child_process_with_the_same_config_and_is_reused(tmp_
 
 
 def test_the_duch_benchmarks_default_row_is_the_presets_default():
-    """The row labelled as the default trains exactly what `rs-hashing train` does by
-    default (checked in a child: the benchmark defines flags at import)."""
+    """The default's frozen stage trains exactly the benchmark's DEFAULT_RUN setting, and
+    the papers' rows are not the default (checked in a child: the benchmark defines flags
+    at import)."""
     import subprocess  # pylint: disable=import-outside-toplevel
     import sys  # pylint: disable=import-outside-toplevel
 
-    code = ("from rs_hashing import config as c; from benchmarks import duch_benchmark as d; "
-            "p = c.get_preset('rsicd'); print(c.to_dict(c.apply_overrides(p, d.RUNS[d.DEFAULT_RUN])) == c.to_dict(p), "
-            "c.to_dict(c.apply_overrides(p, d.RUNS['as_intended'])) == c.to_dict(p))")
+    code = ("from rs_hashing import config as c; from rs_hashing.training import stages; "
+            "from benchmarks import duch_benchmark as d; "
+            "p = c.apply_overrides(c.get_preset('rsicd'), {'run_dir': 'r', 'features': 'f'}); "
+            "frozen = stages.stage_configs(p).frozen; "
+            "print(c.to_dict(c.apply_overrides(p, {**d.RUNS[d.DEFAULT_RUN], 'run_dir': 'r/frozen'})) "
+            "== c.to_dict(frozen), c.to_dict(c.apply_overrides(p, d.RUNS['as_intended'])) == c.to_dict(p))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "False"]
 
 
 def test_a_finished_run_of_other_settings_is_refused_not_reused(tmp_path):
     base = config_lib.apply_overrides(config_lib.get_preset("rsicd"), {
-        "run_dir": "/a/runs/x/seed42", "features": "/a/feats", "init_from": "/a/runs/duch/as_intended_64/seed42"})
+        "run_dir": "/a/runs/x/seed42", "features": "/a/feats", "init_from": "/a/runs/duch/as_intended_64/seed42",
+        "image_trainable_stages": 0})
     moved = config_lib.apply_overrides(base, {
         "run_dir": "runs/x/seed42", "features": "feats", "init_from": "runs/duch/as_intended_64/seed42"})
     # Paths, and the tops' factor of a frozen run (nothing reads it), do not count.
     assert seeded_runs.reuse_differences(moved, base) == []
     assert seeded_runs.reuse_differences(config_lib.apply_overrides(moved, {"tower_learning_rate_factor": 0.1}),
                                          base) == []
+    # Nor the tuned epochs of a frozen run or of a continuation (older runs recorded none: 0).
+    assert seeded_runs.reuse_differences(config_lib.apply_overrides(moved, {"tuned_epochs": 0}), base) == []
+    continuation = config_lib.apply_overrides(base, {"image_trainable_stages": 1})
+    assert seeded_runs.reuse_differences(config_lib.apply_overrides(continuation, {"tuned_epochs": 0}),
+                                         continuation) == []
+    two_stage = config_lib.apply_overrides(continuation, {"init_from": ""})
+    assert seeded_runs.reuse_differences(config_lib.apply_overrides(two_stage, {"tuned_epochs": 5}), two_stage) == [
+        "train.tuned_epochs: 10 there, 5 here"]
     tuned = config_lib.apply_overrides(base, {"image_trainable_stages": 1})
     assert seeded_runs.reuse_differences(config_lib.apply_overrides(tuned, {"tower_learning_rate_factor": 0.1}),
                                          tuned) == ["train.tower_learning_rate_factor: 10.0 there, 0.1 here"]

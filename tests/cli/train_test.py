@@ -34,7 +34,7 @@ def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("train_command"))
 
 
-def _finished(run_dir: str, result) -> dict:
+def _finished(run_dir: str, result, better_than: float = CHANCE + 0.15) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == ""  # no TensorFlow start-up lines, no warnings
     # The command prints a line per epoch, then the mAPs as JSON.
@@ -46,7 +46,7 @@ def _finished(run_dir: str, result) -> dict:
                  "pr_curve.png", "training_curves.png"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     # 48 training pairs at batch 16, 3 batches an epoch: better than chance in every direction.
-    assert min(metrics["map@20"].values()) > CHANCE + 0.15, metrics["map@20"]
+    assert min(metrics["map@20"].values()) > better_than, metrics["map@20"]
     return metrics
 
 
@@ -91,7 +91,8 @@ def test_train_chnr(store, tmp_path):
 def test_extract_and_train_with_trainable_encoder_tops(tmp_path):
     data = make_image_archive(tmp_path / "archive")
     features, run_dir = str(tmp_path / "store"), str(tmp_path / "run")
-    tops = ("--image_trainable_stages=1", "--text_trainable_layers=1")
+    # One stage: the tops train from the first epoch.
+    tops = ("--image_trainable_stages=1", "--text_trainable_layers=1", "--tuned_epochs=0")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     extracted = subprocess.run(
         [sys.executable, "-m", "rs_hashing.cli", "extract-features", "--preset=smoke", "--dataset=karpathy",
@@ -103,7 +104,7 @@ def test_extract_and_train_with_trainable_encoder_tops(tmp_path):
     assert summary["towers"]["dtype"] == "float16" and summary["image_dim"] == 16
     # Training on another cut than the store's is refused with both named.
     refused = _train(data, features, run_dir, "--image_size=16", "--image_trainable_stages=2",
-                     "--text_trainable_layers=1", "--epochs=2")
+                     "--text_trainable_layers=1", "--tuned_epochs=0", "--epochs=2")
     assert refused.returncode != 0 and "image_trainable_stages=1, text_trainable_layers=1 in float16, but the " \
         "config trains on the activations of image_trainable_stages=2" in refused.stderr
     assert not os.path.exists(run_dir)
@@ -113,3 +114,51 @@ def test_extract_and_train_with_trainable_encoder_tops(tmp_path):
     assert (config.model.image_trainable_stages, config.model.text_trainable_layers) == (1, 1)
     history = np.genfromtxt(os.path.join(run_dir, "history.csv"), delimiter=",", names=True)
     assert len(history) == 3 and np.all(np.isfinite(history["loss"]))
+
+
+def test_the_default_two_stage_run_through_both_commands(tmp_path):
+    """extract-features writes both stores of a two-stage run (the frozen one, and the
+    image top's named after it: tests/features/extraction_test.py checks that it takes
+    the caption arrays of the first); train
+    trains the frozen stage in run_dir/frozen, then the tuned stage from its heads in
+    run_dir; the same command again finds both finished; other epochs are refused."""
+    data = make_image_archive(tmp_path / "archive")
+    features, run_dir = str(tmp_path / "store"), str(tmp_path / "run")
+    two_stages = ("--image_size=16", "--image_trainable_stages=1", "--tuned_epochs=2")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    extracted = subprocess.run(
+        [sys.executable, "-m", "rs_hashing.cli", "extract-features", "--preset=smoke", "--dataset=karpathy",
+         f"--caption_file={data.caption_file}", f"--image_dir={data.image_dir}", f"--features={features}",
+         *two_stages], cwd=testing.REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert extracted.returncode == 0, extracted.stderr[-3000:]
+    frozen_store, tuned_store = features, features + "_image1"
+    frozen_manifest, tuned_manifest = (json.load(open(os.path.join(p, "manifest.json"), encoding="utf-8"))
+                                       for p in (frozen_store, tuned_store))
+    assert "towers" not in frozen_manifest or not frozen_manifest["towers"]
+    assert tuned_manifest["towers"]["image_trainable_stages"] == 1
+    np.testing.assert_array_equal(np.load(os.path.join(tuned_store, "text.npy")),
+                                  np.load(os.path.join(frozen_store, "text.npy")).astype(np.float16))
+
+    result = _train(data, features, run_dir, *two_stages, "--epochs=3")
+    # 16 training images of random-looking texture, 5 epochs: the run is checked, not its mAP.
+    metrics = _finished(run_dir, result, better_than=0.0)
+    assert "Frozen stage: 3 epochs" in result.stdout and "Tuned stage: 2 epochs" in result.stdout
+    frozen = config_lib.load_config(os.path.join(run_dir, "frozen"))
+    tuned = config_lib.load_config(run_dir)
+    assert (frozen.model.image_trainable_stages, frozen.train.epochs, frozen.features.features) == (0, 3, features)
+    assert (tuned.model.image_trainable_stages, tuned.train.epochs, tuned.features.features) == (1, 2, tuned_store)
+    assert tuned.train.init_from == os.path.join(run_dir, "frozen")
+    assert metrics["init_from"] == os.path.join(run_dir, "frozen") and metrics["epochs"] == 2
+    assert metrics["frozen_stage"]["epochs"] == 3 and metrics["frozen_stage"]["map@20"] is not None
+    assert len(np.genfromtxt(os.path.join(run_dir, "frozen", "history.csv"), delimiter=",", names=True)) == 3
+    assert len(np.genfromtxt(os.path.join(run_dir, "history.csv"), delimiter=",", names=True)) == 2
+
+    again = _train(data, features, run_dir, *two_stages, "--epochs=3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Frozen stage: finished" in again.stdout and json.load(
+        open(os.path.join(run_dir, "metrics.json"), encoding="utf-8"))["map@20"] == metrics["map@20"]
+    before = os.path.getmtime(os.path.join(run_dir, "frozen", "metrics.json"))
+    refused = _train(data, features, run_dir, *two_stages, "--epochs=4")
+    assert refused.returncode != 0 and "train.epochs: 3 -> 4" in refused.stderr
+    assert os.path.join(run_dir, "frozen", "config.json") in refused.stderr
+    assert os.path.getmtime(os.path.join(run_dir, "frozen", "metrics.json")) == before

@@ -84,3 +84,33 @@ def test_a_store_takes_the_arrays_of_stores_cut_alike_instead_of_encoding_them(a
     with pytest.raises(FeatureStoreError, match="image/store: made with other augment_seed, image_augmenter, "
                                                 "caption_augmenter than this extraction"):
         extract("refused_seed", 1, 1, reuse_from=[image_top], augment_seed=7)
+
+
+def test_a_two_stage_run_gets_its_frozen_store_and_the_tuned_store_named_after_it(archive, tmp_path, monkeypatch):
+    """extract_run_stores: the frozen store at `features`, the image top's store at
+    `features` + `_image1`, whose caption arrays are the frozen store's (cast), not
+    encoded again; a one-stage config gets its own store only."""
+    _, data, dataset = archive
+    config = tower_config(data, tmp_path, stages=1, layers=0, tuned_epochs=2)
+    frozen = extraction.extract_features(tower_config(data, tmp_path, stages=0, layers=0), dataset,
+                                         config.features.features, progress=False)
+
+    def no_caption_encoding(self, *args, **kwargs):
+        raise AssertionError("the tuned store's captions must come from the frozen store")
+
+    monkeypatch.setattr(type(frozen_text_encoder(config)), "encode", no_caption_encoding)
+    stores = extraction.extract_run_stores(config, dataset, progress=False)
+    assert [store.path for store in stores] == [config.features.features, config.features.features + "_image1"]
+    assert stores[0].cut() == (0, 0) and stores[1].cut() == (1, 0)
+    np.testing.assert_array_equal(stores[0].image, frozen.image)
+    np.testing.assert_array_equal(stores[1].text, frozen.text.astype(np.float16))
+    np.testing.assert_array_equal(stores[1].text_aug, frozen.text_aug.astype(np.float16))
+    assert stores[1].image.shape[1:] == (8, 8, 8) and stores[1].manifest["extraction"]["shards_computed"] > 0
+    monkeypatch.undo()
+    one_stage = tower_config(data, tmp_path / "one", stages=1, layers=0)
+    assert [s.cut() for s in extraction.extract_run_stores(one_stage, dataset, progress=False)] == [(1, 0)]
+
+
+def frozen_text_encoder(config):
+    from rs_hashing.encoders.frozen_encoders import FrozenEncoders  # pylint: disable=import-outside-toplevel
+    return FrozenEncoders(config.features).text

@@ -58,7 +58,8 @@ def make_image_archive(root, per_class: int = 8, seed: int = 0) -> config_lib.Da
 def tower_config(data: config_lib.DataConfig, root, stages: int = 1, layers: int = 1, **overrides) -> config_lib.Config:
     """tests/testing.py's tiny config (tiny_cnn, tiny_bert) on `data` with trainable tops
     (`stages` image stages, `layers` text layers), its store and run folder under `root`."""
-    config = testing.tiny_config(**{"image_trainable_stages": stages, "text_trainable_layers": layers,
+    # tuned_epochs=0: the tops train from the first epoch (one stage; tests of two stages set it).
+    config = testing.tiny_config(**{"image_trainable_stages": stages, "text_trainable_layers": layers, "tuned_epochs": 0,
                                     "features": str(root / "store"), "run_dir": str(root / "run"), **overrides})
     return dataclasses.replace(config, data=data)
 
