@@ -184,9 +184,9 @@ def extract_run_stores(config: config_lib.Config, dataset: CaptionDataset, progr
     made = []
     for i, store_config in enumerate(configs):
         sources = list(reuse_from) if i == 0 else [configs[0].features.features] if not all(stages.tops(config)) else []
-        if len(configs) > 1 and progress:
+        path = store_config.features.features
+        if len(configs) > 1 and progress and not os.path.isfile(os.path.join(path, MANIFEST)):
             print(f"Feature store {i + 1} of {len(configs)} ({'frozen stage' if i == 0 else 'tuned stage'}): "
-                  f"{store_config.features.features}", flush=True)
-        made.append(extract_features(store_config, dataset, store_config.features.features, progress, encoders,
-                                     reuse_from=sources))
+                  f"{path}", flush=True)
+        made.append(extract_features(store_config, dataset, path, progress, encoders, reuse_from=sources))
     return made
