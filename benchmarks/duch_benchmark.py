@@ -199,8 +199,10 @@ def per_seed_table(results: dict[str, dict[int, dict]]) -> str:
 def speed_lines(results: dict[str, dict[int, dict]], flops: dict[str, float], peak: float) -> list[str]:
     lines = [f"This CPU's fp32 matmul rate on the heads' first-layer shape, measured in this run: {peak:.1f} GFLOP/s "
              f"({os.cpu_count()} cores)."]
-    authors_wall = seeded_runs.collect(results.get(AUTHORS, {}), lambda m: m["process"]["wall_s"])
     for name, runs in results.items():
+        # The authors' runs of the same code length (rows are named `<run>_<bits>`).
+        authors_wall = seeded_runs.collect(results.get(f"{AUTHORS}_{name.rsplit('_', 1)[-1]}", {}),
+                                           lambda m: m["process"]["wall_s"])
         walls = seeded_runs.collect(runs, lambda m: m["process"]["wall_s"])
         if not walls:
             continue
@@ -221,7 +223,7 @@ def speed_lines(results: dict[str, dict[int, dict]], flops: dict[str, float], pe
             line += (f", {flops[name] / 1e12:.1f} TFLOP of matmuls, {flops[name] / mean_train / 1e9:.1f} GFLOP/s "
                      f"over its training seconds ({100 * flops[name] / mean_train / 1e9 / peak:.0f}% of the measured "
                      "rate)")
-        if authors_wall and name != AUTHORS:
+        if authors_wall and not name.startswith(f"{AUTHORS}_"):
             line += f"; {mean_wall / seeded_runs.mean_sd(authors_wall)[0]:.2f}x the authors' wall time"
         lines.append(line)
     return lines

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 
 from rs_hashing import config as config_lib
 from rs_hashing.atomic_files import write_json_atomic
+from rs_hashing.training import stages
 
 FIRST_SEED = 42
 VALIDATION_FRACTION = 0.2
@@ -114,6 +115,20 @@ def reuse_differences(config: config_lib.Config, recorded: config_lib.Config,
     return differences
 
 
+def finished_differences(config: config_lib.Config, run_dir: str) -> list[str]:
+    """`reuse_differences` of the finished run in `run_dir` against `config`; a
+    two-stage config (`stages`) is compared stage by stage: its tuned stage with the
+    folder's config.json, its frozen stage with `frozen/config.json`."""
+    if not stages.is_two_stage(config):
+        return reuse_differences(config, config_lib.load_config(run_dir))
+    frozen, tuned = stages.stage_configs(config, run_dir)
+    frozen_recorded = os.path.join(run_dir, stages.FROZEN_STAGE)
+    if not os.path.exists(os.path.join(frozen_recorded, "config.json")):
+        return [f"{frozen_recorded}: no frozen stage"]
+    return (reuse_differences(tuned, config_lib.load_config(run_dir))
+            + [f"frozen stage {d}" for d in reuse_differences(frozen, config_lib.load_config(frozen_recorded))])
+
+
 def train_or_reuse(config: config_lib.Config, preset: str, python: str = sys.executable) -> dict:
     """metrics.json of the run `config` describes (its `train.run_dir`), trained first
     in a child process unless finished; the child's figures are added under "process".
@@ -122,7 +137,7 @@ def train_or_reuse(config: config_lib.Config, preset: str, python: str = sys.exe
     metrics_path = os.path.join(run_dir, "metrics.json")
     process_path = os.path.join(run_dir, PROCESS_FILE)
     if os.path.exists(metrics_path):
-        differences = reuse_differences(child_config(config, preset), config_lib.load_config(run_dir))
+        differences = finished_differences(child_config(config, preset), run_dir)
         if differences:
             raise ValueError(f"{run_dir}: a finished run of other settings ({'; '.join(differences)}); move it "
                              "away or give another output folder")

@@ -113,3 +113,44 @@ def test_a_chnr_run_records_its_methods_defaults_so_its_reuse_expects_them():
     assert seeded_runs.child_config(two_steps, "rsicd").train.lr_decay_epochs == (1, 61)  # given: kept
     duch = config_lib.get_preset("rsicd")
     assert seeded_runs.child_config(duch, "rsicd") == duch
+
+
+def test_the_duch_benchmarks_speed_lines_compare_each_row_with_the_authors_of_its_bits():
+    """Each row's wall time against the authors' runs of the same code length, and a
+    two-stage row's training seconds per stage (in a child: the benchmark defines flags)."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    code = ("from benchmarks import duch_benchmark as d; "
+            "p = lambda w: {'process': {'wall_s': w, 'cpu_s': w, 'peak_rss_mb': 1}}; "
+            "r = {'default_64': {42: {**p(300.0), 'train_seconds': 100.0, 'frozen_stage': {'train_seconds': 150.0}}}, "
+            "'as_intended_16': {42: p(50.0)}, 'authors_64': {42: p(100.0)}, 'authors_16': {42: p(200.0)}}; "
+            "print('\\n'.join(d.speed_lines(r, {}, 10.0)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[1] == ("- default_64: wall 300 s, CPU 300 s, peak 1 MB; in training: frozen stage 150 s, tuned stage "
+                        "100 s; 3.00x the authors' wall time")
+    assert lines[2].endswith("; 0.25x the authors' wall time")
+    assert "x the authors' wall time" not in lines[3] + lines[4]
+
+
+def test_a_finished_two_stage_run_is_compared_stage_by_stage(tmp_path):
+    """The default (two stages) is reused when its tuned stage (the folder) and its
+    frozen stage (frozen/) recorded the stages of the config asked for."""
+    from rs_hashing.training import stages  # pylint: disable=import-outside-toplevel
+
+    run_dir = tmp_path / "default_64" / "seed42"
+    config = config_lib.apply_overrides(config_lib.get_preset("rsicd"), {"run_dir": str(run_dir), "features": "f"})
+    frozen, tuned = stages.stage_configs(config)
+    config_lib.save_config(tuned, str(run_dir))
+    (run_dir / "metrics.json").write_text("{}")
+    assert seeded_runs.finished_differences(config, str(run_dir)) == [f"{run_dir}/frozen: no frozen stage"]
+    config_lib.save_config(frozen, frozen.train.run_dir)
+    assert seeded_runs.train_or_reuse(config, "rsicd") == {"process": {}}
+    # Moved elsewhere: paths do not count.
+    moved = config_lib.apply_overrides(config, {"features": "/elsewhere/f"})
+    assert seeded_runs.finished_differences(moved, str(run_dir)) == []
+    with pytest.raises(ValueError, match=r"other settings \(train.epochs: 10 there, 5 here\)"):
+        seeded_runs.train_or_reuse(config_lib.apply_overrides(config, {"tuned_epochs": 5}), "rsicd")
+    assert seeded_runs.finished_differences(config_lib.apply_overrides(config, {"epochs": 50}), str(run_dir)) == [
+        "frozen stage train.epochs: 100 there, 50 here"]
