@@ -29,6 +29,15 @@ def _train(data: config_lib.DataConfig, features: str, run_dir: str, *flags: str
         cwd=testing.REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _extract(data: config_lib.DataConfig, features: str, *flags: str):
+    """`python -m rs_hashing.cli extract-features --preset=smoke` on an image archive."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, "-m", "rs_hashing.cli", "extract-features", "--preset=smoke", "--dataset=karpathy",
+         f"--caption_file={data.caption_file}", f"--image_dir={data.image_dir}", f"--features={features}", *flags],
+        cwd=testing.REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("train_command"))
@@ -93,11 +102,7 @@ def test_extract_and_train_with_trainable_encoder_tops(tmp_path):
     features, run_dir = str(tmp_path / "store"), str(tmp_path / "run")
     # One stage: the tops train from the first epoch.
     tops = ("--image_trainable_stages=1", "--text_trainable_layers=1", "--tuned_epochs=0")
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    extracted = subprocess.run(
-        [sys.executable, "-m", "rs_hashing.cli", "extract-features", "--preset=smoke", "--dataset=karpathy",
-         f"--caption_file={data.caption_file}", f"--image_dir={data.image_dir}", f"--features={features}",
-         "--image_size=16", *tops], cwd=testing.REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    extracted = _extract(data, features, "--image_size=16", *tops)
     assert extracted.returncode == 0, extracted.stderr[-3000:]
     summary = json.loads(extracted.stdout[extracted.stdout.index("{"):])
     assert (summary["towers"]["image_cut"], summary["towers"]["text_cut"]) == ("conv2", "transformer_layer_1")
@@ -119,17 +124,13 @@ def test_extract_and_train_with_trainable_encoder_tops(tmp_path):
 def test_the_default_two_stage_run_through_both_commands(tmp_path):
     """extract-features writes both stores of a two-stage run (the frozen one, and the
     image top's named after it: tests/features/extraction_test.py checks that it takes
-    the caption arrays of the first); train
-    trains the frozen stage in run_dir/frozen, then the tuned stage from its heads in
-    run_dir; the same command again finds both finished; other epochs are refused."""
+    the caption arrays of the first); train trains the frozen stage in run_dir/frozen,
+    then the tuned stage from its heads in run_dir; the same command again finds both
+    finished; other epochs are refused."""
     data = make_image_archive(tmp_path / "archive")
     features, run_dir = str(tmp_path / "store"), str(tmp_path / "run")
     two_stages = ("--image_size=16", "--image_trainable_stages=1", "--tuned_epochs=2")
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    extracted = subprocess.run(
-        [sys.executable, "-m", "rs_hashing.cli", "extract-features", "--preset=smoke", "--dataset=karpathy",
-         f"--caption_file={data.caption_file}", f"--image_dir={data.image_dir}", f"--features={features}",
-         *two_stages], cwd=testing.REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    extracted = _extract(data, features, *two_stages)
     assert extracted.returncode == 0, extracted.stderr[-3000:]
     frozen_store, tuned_store = features, features + "_image1"
     frozen_manifest, tuned_manifest = (json.load(open(os.path.join(p, "manifest.json"), encoding="utf-8"))
