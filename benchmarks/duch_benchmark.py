@@ -211,8 +211,7 @@ def speed_lines(results: dict[str, dict[int, dict]], flops: dict[str, float], pe
         cpu = seeded_runs.collect(runs, lambda m: m["process"]["cpu_s"])
         peak_mb = seeded_runs.collect(runs, lambda m: m["process"]["peak_rss_mb"])
         line += f", CPU {seeded_runs.cell(cpu, 0)} s, peak {seeded_runs.cell(peak_mb, 0)} MB"
-        stage = [m for m in runs.values() if "frozen_stage" in m]
-        if stage:
+        if any("frozen_stage" in m for m in runs.values()):
             frozen_s = seeded_runs.collect(runs, lambda m: m["frozen_stage"]["train_seconds"])
             tuned_s = seeded_runs.collect(runs, lambda m: m["train_seconds"])
             line += (f"; in training: frozen stage {seeded_runs.cell(frozen_s, 0)} s, tuned stage "

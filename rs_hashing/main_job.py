@@ -120,8 +120,7 @@ def run_main_job(config: config_lib.Config, workdir: str, queries: list[str], ve
     # the one the finished run's heads read.
     store = extract_run_stores(config, dataset, encoders=encoders)[-1]
     timings["features_s"] = time.perf_counter() - t
-    config = config_lib.apply_overrides(config, {"features": features_dir,
-                                                 "run_dir": os.path.join(workdir, "run")})
+    config = config_lib.apply_overrides(config, {"run_dir": os.path.join(workdir, "run")})
 
     t = time.perf_counter()
     results = training.run(config, verbose=verbose, dataset=dataset, overwrite=overwrite)

@@ -66,6 +66,16 @@ def tuned_features_path(config: config_lib.Config) -> str:
     return os.path.normpath(config.features.features) + suffix
 
 
+def _store_stages(config: config_lib.Config) -> Stages:
+    """The two stages of `config`, but for what says where each trains: each reads its
+    own store (`features.features`) and neither is two-stage again."""
+    return Stages(
+        config_lib.apply_overrides(config, {"image_trainable_stages": 0, "text_trainable_layers": 0,
+                                            "tuned_epochs": 0, "tuned_features": ""}),
+        config_lib.apply_overrides(config, {"features": tuned_features_path(config), "tuned_features": "",
+                                            "tuned_epochs": 0}))
+
+
 def stage_configs(config: config_lib.Config, run_dir: str | None = None) -> Stages:
     """The frozen and the tuned stage of a two-stage `config` (`is_two_stage`), their
     run folders under `run_dir` (the config's by default)."""
@@ -75,23 +85,14 @@ def stage_configs(config: config_lib.Config, run_dir: str | None = None) -> Stag
     if not run_dir:
         raise ValueError("run_dir is empty: give the run folder (--run_dir)")
     frozen_dir = os.path.join(run_dir, FROZEN_STAGE)
-    frozen = config_lib.apply_overrides(config, {
-        "image_trainable_stages": 0, "text_trainable_layers": 0, "tuned_epochs": 0, "tuned_features": "",
-        "run_dir": frozen_dir})
-    tuned = config_lib.apply_overrides(config, {
-        "features": tuned_features_path(config), "tuned_features": "", "init_from": frozen_dir,
-        "epochs": config.train.tuned_epochs, "tuned_epochs": 0, "run_dir": run_dir})
-    return Stages(frozen, tuned)
+    frozen, tuned = _store_stages(config)
+    return Stages(config_lib.apply_overrides(frozen, {"run_dir": frozen_dir}),
+                  config_lib.apply_overrides(tuned, {"init_from": frozen_dir, "epochs": config.train.tuned_epochs,
+                                                     "run_dir": run_dir}))
 
 
 def store_configs(config: config_lib.Config) -> list[config_lib.Config]:
     """The configs of the feature stores a run reads, in order (each store's folder is
     its `features.features`): the frozen store then the tuned one for a two-stage run,
     else the config's own store."""
-    if not is_two_stage(config):
-        return [config]
-    frozen = config_lib.apply_overrides(config, {"image_trainable_stages": 0, "text_trainable_layers": 0,
-                                                 "tuned_epochs": 0, "tuned_features": ""})
-    tuned = config_lib.apply_overrides(config, {"features": tuned_features_path(config), "tuned_features": "",
-                                                "tuned_epochs": 0})
-    return [frozen, tuned]
+    return list(_store_stages(config)) if is_two_stage(config) else [config]
