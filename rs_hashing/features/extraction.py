@@ -170,7 +170,8 @@ def extract_features(config: config_lib.Config, dataset: CaptionDataset, out_dir
 
 
 def extract_run_stores(config: config_lib.Config, dataset: CaptionDataset, progress: bool = True,
-                       encoders: FrozenEncoders | None = None, reuse_from: Sequence[str] = ()) -> list[FeatureStore]:
+                       encoders: FrozenEncoders | None = None, reuse_from: Sequence[str] = (),
+                       missing_only: bool = False) -> list[FeatureStore]:
     """Every feature store that training `config` reads, extracted or reused, in order
     (`stages.store_configs`: the frozen store, then the tuned stage's store of a
     two-stage run; else the config's own store at `features.features`).
@@ -178,14 +179,21 @@ def extract_run_stores(config: config_lib.Config, dataset: CaptionDataset, progr
     The tuned stage's store takes the frozen store's arrays of the side whose encoder
     stays whole in both (the captions, when only the image top trains), instead of
     encoding them again. `reuse_from` is for the first store (`extract_features`).
+    `missing_only` leaves every store that has a manifest as it is, unopened (training
+    opens and checks it, `run_kit.prepare`), and returns the stores it extracted.
     """
     configs = stages.store_configs(config)
     encoders = encoders or FrozenEncoders(config.features, dtype_policy=config.features.precision)
+    # The tuned store takes the side that stays whole from the frozen store.
+    tuned_sources = [] if all(stages.tops(config)) else [configs[0].features.features]
     made = []
     for i, store_config in enumerate(configs):
-        sources = list(reuse_from) if i == 0 else [configs[0].features.features] if not all(stages.tops(config)) else []
+        sources = list(reuse_from) if i == 0 else tuned_sources
         path = store_config.features.features
-        if len(configs) > 1 and progress and not os.path.isfile(os.path.join(path, MANIFEST)):
+        finished = os.path.isfile(os.path.join(path, MANIFEST))
+        if missing_only and finished:
+            continue
+        if len(configs) > 1 and progress and not finished:
             print(f"Feature store {i + 1} of {len(configs)} ({'frozen stage' if i == 0 else 'tuned stage'}): "
                   f"{path}", flush=True)
         made.append(extract_features(store_config, dataset, path, progress, encoders, reuse_from=sources))

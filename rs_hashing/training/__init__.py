@@ -67,7 +67,8 @@ def _run_two_stages(config: config_lib.Config, workdir: str | None, verbose: int
     run_folder.check_run_folder(frozen, overwrite=overwrite)
     run_folder.check_run_folder(tuned, overwrite=overwrite)
     dataset = dataset if dataset is not None else load_dataset(config.data, check_images=False)
-    extract_run_stores(config, dataset, progress=verbose > 0)
+    # Stores not made yet; made ones are opened and checked once, by each stage's `prepare`.
+    extract_run_stores(config, dataset, progress=verbose > 0, missing_only=True)
     frozen_metrics_path = os.path.join(frozen.train.run_dir, "metrics.json")
     if os.path.exists(frozen_metrics_path) and not overwrite:  # finished, of this config (checked above)
         with open(frozen_metrics_path, encoding="utf-8") as f:

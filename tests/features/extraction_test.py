@@ -109,6 +109,10 @@ def test_a_two_stage_run_gets_its_frozen_store_and_the_tuned_store_named_after_i
     monkeypatch.undo()
     one_stage = tower_config(data, tmp_path / "one", stages=1, layers=0)
     assert [s.cut() for s in extraction.extract_run_stores(one_stage, dataset, progress=False)] == [(1, 0)]
+    # Training's call (missing_only): made stores are neither extracted again nor opened here.
+    monkeypatch.setattr(FeatureExtractor, "extract", _no_extraction)
+    monkeypatch.setattr(extraction.FeatureStore, "open", _no_extraction)
+    assert extraction.extract_run_stores(config, dataset, progress=False, missing_only=True) == []
 
 
 def frozen_text_encoder(config):
